@@ -1,0 +1,323 @@
+"""One TOML file fully describes a run.
+
+`RunConfig` is the single source of truth: the CLI loads a TOML file, applies `--set key=value`
+overrides, validates every key (unknown keys are errors, with a suggestion), and saves the
+resolved config next to the results so any run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from fedpress.errors import FedpressError
+
+METHODS = ("centralized", "lora-fedavg")
+CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
+
+
+@dataclass
+class DataConfig:
+    # "builtin:parity", a file or folder path, or a Hugging Face dataset id.
+    source: str = "builtin:parity"
+    # auto | builtin | alpaca | classification | mcq | text
+    format: str = "auto"
+    # Held-out evaluation data; empty = a split of `source` of size `eval_size`.
+    eval_source: str = ""
+    eval_size: int = 200
+    # Cap on training examples read from `source` (0 = all).
+    max_train_examples: int = 2000
+    # iid | dirichlet (over labels or categories)
+    partition: str = "iid"
+    dirichlet_alpha: float = 0.5
+    # Fraction of each client's share set aside (SPEC's D1 for autoencoder pre-training).
+    holdout_fraction: float = 0.0
+    max_length: int = 128
+    # Classification TSV: words the label ids map to, and the prompt template.
+    label_words: list[str] = field(default_factory=lambda: ["negative", "positive"])
+    prompt_template: str = ""
+    # Size of the built-in task.
+    builtin_size: int = 2000
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    # Empty: found automatically for the architecture (attention projections).
+    target_modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps per client per round (centralized: per round on the pooled data).
+    local_steps: int = 10
+    batch_size: int = 8
+    lr: float = 5e-4
+    # constant | linear | cosine: over the whole run (rounds x local steps).
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class FederationConfig:
+    # Fraction of clients sampled each round.
+    fraction_train: float = 1.0
+    # Simulation resources per client (CPU cores; GPU share when CUDA is present).
+    client_cpus: int = 2
+    client_gpus: float = 0.0
+    round_timeout_s: float = 3600.0
+
+
+@dataclass
+class CodecOptions:
+    """Options of the update codecs (each codec reads the ones that concern it)."""
+
+    # auto (on for topk, powersgd, sign) | on | off. Uplink only: the downlink tracks what
+    # each client holds, which already carries the compression error forward.
+    error_feedback: str = "auto"
+    block_size: int = 64  # int8, int4: one absmax scale per block
+    topk_fraction: float = 0.01
+    topk_value_dtype: str = "fp32"  # fp32 | fp16
+    powersgd_rank: int = 4
+    powersgd_iterations: int = 1
+    powersgd_warm_start: bool = True
+    qsgd_levels: int = 16
+
+
+@dataclass
+class EvalConfig:
+    # Eval examples scored after each round (a fixed subset); the full split at the end.
+    per_round_examples: int = 100
+    batch_size: int = 16
+
+
+@dataclass
+class RuntimeConfig:
+    # auto | cpu | cuda
+    device: str = "auto"
+    # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"
+    # none | 8bit | 4bit (QLoRA; needs bitsandbytes and CUDA)
+    quantize: str = "none"
+    # Torch threads per process (0 = torch default).
+    threads: int = 0
+
+
+@dataclass
+class RunConfig:
+    method: str = "lora-fedavg"
+    model: str = "smollm2-135m"
+    num_clients: int = 4
+    rounds: int = 3
+    seed: int = 0
+    # What compresses client -> server updates and server -> client adapters (see fedpress.codecs).
+    uplink_codec: str = "none"
+    downlink_codec: str = "none"
+    codec: CodecOptions = field(default_factory=CodecOptions)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self) -> RunConfig:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("uplink_codec", self.uplink_codec, CODECS)
+        _check_choice("downlink_codec", self.downlink_codec, CODECS)
+        _check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
+        _check_choice("codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16"))
+        _check_choice("data.partition", self.data.partition, ("iid", "dirichlet"))
+        _check_choice(
+            "data.format",
+            self.data.format,
+            ("auto", "builtin", "alpaca", "classification", "mcq", "text"),
+        )
+        _check_choice("train.lr_schedule", self.train.lr_schedule, ("constant", "linear", "cosine"))
+        _check_choice("runtime.device", self.runtime.device, ("auto", "cpu", "cuda"))
+        _check_choice(
+            "runtime.dtype", self.runtime.dtype, ("auto", "float32", "bfloat16", "float16")
+        )
+        _check_choice("runtime.quantize", self.runtime.quantize, ("none", "8bit", "4bit"))
+        for key, value, low in (
+            ("num_clients", self.num_clients, 1),
+            ("rounds", self.rounds, 1),
+            ("train.local_steps", self.train.local_steps, 1),
+            ("train.batch_size", self.train.batch_size, 1),
+            ("lora.r", self.lora.r, 1),
+            ("data.max_length", self.data.max_length, 8),
+            ("eval.batch_size", self.eval.batch_size, 1),
+        ):
+            if value < low:
+                raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")
+        if not 0.0 < self.federation.fraction_train <= 1.0:
+            raise FedpressError("config key 'federation.fraction_train' must be in (0, 1]")
+        if not 0.0 <= self.data.holdout_fraction < 1.0:
+            raise FedpressError("config key 'data.holdout_fraction' must be in [0, 1)")
+        if self.train.lr <= 0:
+            raise FedpressError("config key 'train.lr' must be > 0")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_toml())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        return _build(cls, raw, prefix="").validate()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML file (or the defaults), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FedpressError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise FedpressError(f"config file {path} is not valid TOML: {exc}") from None
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+    return RunConfig.from_dict(raw)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise FedpressError(f"--set expects key=value, got '{item}'")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # bare words are strings: --set model=tiny-llama
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise FedpressError(f"config key '{part}' is not a table, cannot set '{key}'")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise FedpressError(f"config key '{prefix.rstrip('.')}' must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            known = ", ".join(sorted(fields))
+            raise FedpressError(
+                f"unknown config key '{prefix}{key}'{hint}; valid keys here: {known}"
+            )
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, hint_type)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if isinstance(value, str):  # --set lora.target_modules=q_proj,v_proj
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise FedpressError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(key, v, item_type) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise FedpressError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise FedpressError(f"config key '{key}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise FedpressError(f"config key '{key}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # --set model=123 is a name, not a number
+        raise FedpressError(f"config key '{key}' must be a string, got {value!r}")
+    raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise FedpressError(
+            f"config key '{key}' = '{value}' is not one of {', '.join(choices)}{hint}"
+        )
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for the config's shape: scalars, lists of scalars, nested tables."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,656 @@
+"""Run a Flower app on the deployment engine on this machine (loopback only).
+
+`launch_local_deployment` starts one `flower-superlink` and N `flower-supernode`
+processes on free 127.0.0.1 ports, submits the app with `flwr run`, streams the run's
+logs, waits until the run has finished and always tears everything down again.
+
+It exists so that tests and `docs/deployment.md` exercise the same code path that a
+real multi-machine deployment uses (SuperLink/SuperNode/SuperExec processes, FAB
+upload, run-config overrides, node config), not the simulation engine.
+
+Written for flwr==1.41.0, where SuperLink serves its Fleet, Control and Runtime
+(ServerAppIo) APIs over HTTP on a single port (`--host`/`--port`), and each SuperNode
+serves its Runtime (ClientAppIo) API on its own `--port`. The `flwr` CLI finds the
+SuperLink through a named connection in `$FLWR_HOME/config.toml`; this module points
+`FLWR_HOME` at a temporary folder so the user's `~/.flwr` is never touched.
+POSIX only (process groups).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["CONNECTION_NAME", "DeploymentError", "DeploymentResult", "launch_local_deployment"]
+
+RunConfigValue = str | int | float | bool
+
+CONNECTION_NAME = "fedpress-local"
+"""Name of the SuperLink connection written to the temporary `FLWR_HOME/config.toml`."""
+
+_HOST = "127.0.0.1"
+_LOG_TAIL_LINES = 40
+_CLI_TIMEOUT_S = 120.0
+_POLL_S = 0.5
+_TERM_GRACE_S = 10.0
+_SUPERNODE_READY_MARKER = "SuperNode ID:"
+_PORT_IN_USE_MARKERS = ("address already in use", "errno 98", "errno 48")
+
+
+class DeploymentError(RuntimeError):
+    """The local deployment could not start, the run failed, or it timed out.
+
+    The message names the process that failed and ends with the tail of its log.
+    """
+
+
+@dataclass
+class DeploymentResult:
+    """Outcome of a finished run (shaped like `subprocess.CompletedProcess`).
+
+    `returncode` is 0 when Flower reports the run as `finished:completed`, else 1.
+    `stdout` holds the run's streamed logs (ServerApp output); the SuperLink and
+    SuperNode logs are files in `log_dir`.
+    """
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    run_id: int
+    status: str
+    status_details: str
+    elapsed_s: float
+    out_dir: Path
+    log_dir: Path
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def check_returncode(self) -> None:
+        """Raise `DeploymentError` unless the run completed successfully."""
+        if self.returncode != 0:
+            raise DeploymentError(
+                f"Flower run {self.run_id} ended with status {self.status!r} "
+                f"({self.status_details}).\n--- run log (tail) ---\n" + _tail_text(self.stdout)
+            )
+
+
+@dataclass
+class _Proc:
+    """A started Flower process, its log file and how to tell it is ready."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+
+def launch_local_deployment(
+    app_dir: str | Path,
+    config_path: str | Path,
+    out_dir: str | Path,
+    num_supernodes: int = 2,
+    timeout_s: float = 600.0,
+    *,
+    run_config: Mapping[str, RunConfigValue] | None = None,
+    log_dir: str | Path | None = None,
+    startup_timeout_s: float = 60.0,
+    check: bool = True,
+    echo: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> DeploymentResult:
+    """Run the app in `app_dir` on a throw-away local SuperLink with N SuperNodes.
+
+    SuperNode `i` gets `--node-config "partition-id=i num-partitions=N"`. The run is
+    submitted with run-config overrides `config=<abs config_path>` and
+    `out=<abs out_dir>` plus `run_config`; every key must exist in the app's
+    `[tool.flwr.app.config]` or the SuperLink rejects the run.
+
+    Args:
+        app_dir: Folder with the Flower app's `pyproject.toml` (e.g. the repo's `deploy/`).
+        config_path: fedpress TOML file, passed to the ServerApp as `run_config["config"]`.
+        out_dir: Output folder, passed as `run_config["out"]`; created if missing.
+        num_supernodes: Number of SuperNodes (= number of partitions / clients).
+        timeout_s: Wall-clock limit for the whole run, start-up included.
+        run_config: Extra run-config overrides (str, int, float or bool values).
+        log_dir: Where process logs go; default `<out_dir>/flower-logs`.
+        startup_timeout_s: Limit for SuperLink/SuperNodes to come up.
+        check: Raise `DeploymentError` if the run does not complete successfully.
+        echo: Also copy the run's log stream to this process's stdout.
+        env: Extra environment variables for all Flower processes.
+
+    Returns:
+        A `DeploymentResult`; with `check=True` only for a completed run.
+
+    Raises:
+        DeploymentError: A process died or did not start, `flwr run` was rejected,
+            the run failed (with `check=True`) or `timeout_s` passed.
+    """
+    if num_supernodes < 1:
+        raise ValueError("num_supernodes must be at least 1")
+    app_path = Path(app_dir).expanduser().resolve()
+    if not (app_path / "pyproject.toml").is_file():
+        raise DeploymentError(f"No pyproject.toml in Flower app folder {app_path}")
+    config_file = Path(config_path).expanduser().resolve()
+    if not config_file.is_file():
+        raise DeploymentError(f"fedpress config file not found: {config_file}")
+    out_path = Path(out_dir).expanduser().resolve()
+    out_path.mkdir(parents=True, exist_ok=True)
+    logs_path = Path(log_dir).expanduser().resolve() if log_dir else out_path / "flower-logs"
+    logs_path.mkdir(parents=True, exist_ok=True)
+
+    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    flwr_home = Path(tempfile.mkdtemp(prefix="fedpress-flwr-home-"))
+    proc_env = _flower_env(flwr_home, env)
+    procs: list[_Proc] = []
+    streamer: _Proc | None = None
+    run_id: int | None = None
+    finished = False
+    try:
+        superlink, port = _start_superlink(logs_path, proc_env, startup_timeout_s)
+        procs.append(superlink)
+        _write_connection_config(flwr_home, port)
+        procs.extend(
+            _start_supernodes(num_supernodes, port, logs_path, proc_env, startup_timeout_s, procs)
+        )
+
+        overrides: dict[str, RunConfigValue] = {"config": str(config_file), "out": str(out_path)}
+        overrides.update(run_config or {})
+        run_id = _submit_run(app_path, overrides, flwr_home, proc_env, procs)
+
+        streamer = _start_process(
+            "flwr log",
+            [_exe("flwr"), "log", str(run_id), CONNECTION_NAME, "--stream"],
+            logs_path / "run.log",
+            proc_env,
+            cwd=flwr_home,
+        )
+        status, details = _wait_for_run(
+            run_id, streamer, procs, flwr_home, proc_env, deadline, echo
+        )
+        finished = True
+        stream_log = _finish_streamer(streamer)
+        streamer = None
+        result = DeploymentResult(
+            args=[_exe("flwr"), "run", str(app_path), CONNECTION_NAME],
+            returncode=0 if status == "finished:completed" else 1,
+            stdout=stream_log,
+            run_id=run_id,
+            status=status,
+            status_details=details,
+            elapsed_s=time.monotonic() - started,
+            out_dir=out_path,
+            log_dir=logs_path,
+            logs={p.name: p.log_path for p in procs} | {"run": logs_path / "run.log"},
+        )
+        if check:
+            result.check_returncode()
+        return result
+    except BaseException:
+        if run_id is not None and not finished and procs and procs[0].popen.poll() is None:
+            _stop_run(run_id, flwr_home, proc_env)
+        raise
+    finally:
+        if streamer is not None:
+            _stop_process(streamer)
+        for proc in reversed(procs):  # SuperNodes first, SuperLink last
+            _stop_process(proc)
+        shutil.rmtree(flwr_home, ignore_errors=True)
+
+
+# --- start-up -------------------------------------------------------------------------
+
+
+def _flower_env(flwr_home: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Environment for every Flower process: private FLWR_HOME, no network side effects."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",  # else every process POSTs to flower.ai
+            "FLWR_TELEMETRY_ENABLED": "0",
+            # SuperLink would otherwise `uv sync` the app into a fresh venv per run.
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    # SuperLink/SuperNode spawn `flower-superexec`, `flwr-serverapp` and `flwr-clientapp`
+    # by bare name, so this interpreter's bin folder must be on PATH.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(extra or {})
+    return env
+
+
+def _exe(name: str) -> str:
+    """Path of a Flower console script next to this interpreter (fallback: PATH)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise DeploymentError(f"`{name}` not found; is flwr installed in this environment?")
+    return found
+
+
+def _free_port() -> int:
+    """A currently free TCP port on loopback (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_process(
+    name: str, cmd: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None
+) -> _Proc:
+    """Start `cmd` in its own session (so its process group can be killed) logging to a file."""
+    log_file = log_path.open("wb")
+    popen = subprocess.Popen(
+        list(cmd),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return _Proc(name=name, popen=popen, log_path=log_path, log_file=log_file)
+
+
+def _start_superlink(
+    logs_path: Path, env: Mapping[str, str], startup_timeout_s: float, attempts: int = 3
+) -> tuple[_Proc, int]:
+    """Start an insecure SuperLink on a free port; retry if the port was taken meanwhile."""
+    for attempt in range(attempts):
+        port = _free_port()
+        proc = _start_process(
+            "superlink",
+            [
+                _exe("flower-superlink"),
+                "--insecure",
+                "--host",
+                _HOST,
+                "--port",
+                str(port),
+                "--isolation",
+                "subprocess",
+                "--disable-runtime-dependency-installation",
+            ],
+            logs_path / "superlink.log",
+            env,
+        )
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                break
+            if _http_ok(f"http://{_HOST}:{port}/health"):
+                return proc, port
+            time.sleep(_POLL_S)
+        _stop_process(proc)
+        if attempt + 1 < attempts and _port_clash(proc.log_path):
+            continue
+        raise _process_error(proc, f"did not become ready within {startup_timeout_s:.0f}s")
+    raise AssertionError("unreachable")
+
+
+def _start_supernodes(
+    n: int,
+    superlink_port: int,
+    logs_path: Path,
+    env: Mapping[str, str],
+    startup_timeout_s: float,
+    running: list[_Proc],
+) -> list[_Proc]:
+    """Start N SuperNodes and wait until each has registered with the SuperLink."""
+    nodes: list[_Proc] = []
+    try:
+        for i in range(n):
+            nodes.append(_start_supernode(i, n, superlink_port, logs_path, env))
+        deadline = time.monotonic() + startup_timeout_s
+        pending = list(nodes)
+        while pending:
+            for proc in [*running, *nodes]:
+                if proc.popen.poll() is not None:
+                    raise _process_error(proc, "exited during start-up")
+            pending = [p for p in pending if _SUPERNODE_READY_MARKER not in _read_log(p.log_path)]
+            if pending and time.monotonic() > deadline:
+                raise _process_error(
+                    pending[0], f"did not register within {startup_timeout_s:.0f}s"
+                )
+            if pending:
+                time.sleep(_POLL_S)
+    except BaseException:
+        for proc in nodes:
+            _stop_process(proc)
+        raise
+    return nodes
+
+
+def _start_supernode(
+    i: int, n: int, superlink_port: int, logs_path: Path, env: Mapping[str, str]
+) -> _Proc:
+    """Start SuperNode `i` of `n` with its partition in the node config."""
+    return _start_process(
+        f"supernode-{i}",
+        [
+            _exe("flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"{_HOST}:{superlink_port}",
+            "--host",
+            _HOST,
+            "--port",
+            str(_free_port()),  # its ClientAppIo/Runtime API
+            "--node-config",
+            f"partition-id={i} num-partitions={n}",
+        ],
+        logs_path / f"supernode-{i}.log",
+        env,
+    )
+
+
+def _write_connection_config(flwr_home: Path, port: int) -> None:
+    """Write the `flwr` CLI's connection file; it is read from `$FLWR_HOME/config.toml`."""
+    (flwr_home / "config.toml").write_text(
+        "[superlink]\n"
+        f'default = "{CONNECTION_NAME}"\n\n'
+        f"[superlink.{CONNECTION_NAME}]\n"
+        f'address = "{_HOST}:{port}"\n'
+        "insecure = true\n",
+        encoding="utf-8",
+    )
+
+
+# --- run submission and monitoring -----------------------------------------------------
+
+
+def _toml_value(value: RunConfigValue) -> str:
+    """Render one run-config value as TOML (json string escapes are valid TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"run-config float must be finite, got {value}")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    raise TypeError(f"run-config values must be str, int, float or bool, got {type(value)}")
+
+
+def _submit_run(
+    app_path: Path,
+    overrides: Mapping[str, RunConfigValue],
+    flwr_home: Path,
+    env: Mapping[str, str],
+    procs: list[_Proc],
+) -> int:
+    """`flwr run` the app with overrides from a TOML file; return the run id."""
+    # One `--run-config <file>.toml` avoids the CLI's whitespace/quote parsing of
+    # `k=v` pairs (paths with spaces, or a bare `x.toml` value read as a file).
+    override_file = flwr_home / "run-config-overrides.toml"
+    override_file.write_text(
+        "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in overrides.items()),
+        encoding="utf-8",
+    )
+    completed = _cli(
+        [
+            "run",
+            str(app_path),
+            CONNECTION_NAME,
+            "--run-config",
+            str(override_file),
+            "--format",
+            "json",
+        ],
+        flwr_home,
+        env,
+        timeout=_CLI_TIMEOUT_S,
+        check=False,
+    )
+    payload = _parse_json(completed.stdout)
+    if completed.returncode != 0 or not payload or not payload.get("success"):
+        message = (payload or {}).get("error-message") or completed.stdout + completed.stderr
+        dead = [p for p in procs if p.popen.poll() is not None]
+        detail = "\n" + str(_process_error(dead[0], "is not running")) if dead else ""
+        hint = ""
+        if "Invalid run configuration" in str(message):
+            hint = (
+                f"\nEvery run-config key ({', '.join(overrides)}) must be declared in "
+                f"[tool.flwr.app.config] of {app_path / 'pyproject.toml'}."
+            )
+        raise DeploymentError(f"`flwr run {app_path}` was rejected: {message}{hint}{detail}")
+    return int(payload["run-id"])
+
+
+def _wait_for_run(
+    run_id: int,
+    streamer: _Proc,
+    procs: list[_Proc],
+    flwr_home: Path,
+    env: Mapping[str, str],
+    deadline: float,
+    echo: bool,
+) -> tuple[str, str]:
+    """Block until the run is `finished:*`; fail fast if a Flower process dies."""
+    echoed = 0
+    status, details = "unknown", ""
+    next_status_check = time.monotonic() + 30.0
+    stream_done = False
+    while True:
+        if echo:
+            text = _read_log(streamer.log_path)
+            sys.stdout.write(text[echoed:])
+            sys.stdout.flush()
+            echoed = len(text)
+        for proc in procs:
+            if proc.popen.poll() is not None:
+                raise _process_error(proc, f"died while run {run_id} was in progress")
+        # The log stream ends when the run finishes (its exit code is 0 either way, so
+        # the run status is what counts); also poll the status now and then in case the
+        # stream breaks off early.
+        if not stream_done and streamer.popen.poll() is not None:
+            stream_done = True
+            next_status_check = time.monotonic()
+        if time.monotonic() >= next_status_check:
+            status, details = _run_status(run_id, flwr_home, env)
+            if status.startswith("finished"):
+                return status, details
+            next_status_check = time.monotonic() + 5.0
+        if time.monotonic() > deadline:
+            status, details = _run_status(run_id, flwr_home, env)
+            raise DeploymentError(
+                f"Flower run {run_id} did not finish before the timeout (status "
+                f"{status}: {details}).\n--- run log (tail) ---\n"
+                + _tail_text(_read_log(streamer.log_path))
+            )
+        time.sleep(_POLL_S)
+
+
+def _run_status(run_id: int, flwr_home: Path, env: Mapping[str, str]) -> tuple[str, str]:
+    """Return (status, details) of a run, e.g. ("finished:completed", "N/A")."""
+    completed = _cli(
+        ["ls", CONNECTION_NAME, "--run-id", str(run_id), "--format", "json"],
+        flwr_home,
+        env,
+        timeout=_CLI_TIMEOUT_S,
+        check=False,
+    )
+    payload = _parse_json(completed.stdout) or {}
+    runs = payload.get("runs") or []
+    if not payload.get("success") or not runs:
+        return "unknown", str(payload.get("error-message") or completed.stderr.strip())
+    return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+
+
+def _stop_run(run_id: int, flwr_home: Path, env: Mapping[str, str]) -> None:
+    """Best effort `flwr stop` so the ServerApp is told to end before the teardown."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        _cli(["stop", str(run_id), CONNECTION_NAME], flwr_home, env, timeout=30.0, check=False)
+
+
+def _cli(
+    args: Sequence[str],
+    flwr_home: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    check: bool,
+) -> subprocess.CompletedProcess[str]:
+    """Run the `flwr` CLI with the private FLWR_HOME as working directory."""
+    # cwd=flwr_home: `flwr` treats a connection name that is also a folder with a
+    # pyproject.toml in the cwd as legacy usage, so keep it away from project folders.
+    return subprocess.run(
+        [_exe("flwr"), *args],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        cwd=flwr_home,
+        timeout=timeout,
+        check=check,
+    )
+
+
+def _parse_json(text: str) -> dict[str, Any] | None:
+    """Parse the JSON object that `flwr ... --format json` prints (ignoring other lines)."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        return None
+    try:
+        value = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _finish_streamer(streamer: _Proc) -> str:
+    """Give `flwr log --stream` a moment to flush, stop it and return what it wrote."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        streamer.popen.wait(timeout=10.0)
+    _stop_process(streamer)
+    return _read_log(streamer.log_path)
+
+
+# --- teardown and diagnostics ------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendant PIDs of `pid` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return []
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _signal_all(pids: Sequence[int], pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to a process group and to individual PIDs, ignoring ones already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _stop_process(proc: _Proc) -> None:
+    """SIGTERM the process, its group and its descendants; SIGKILL what is left.
+
+    Descendants are collected first because SuperLink starts its SuperExec in a new
+    session (outside SuperLink's process group), and the SuperExec only notices its
+    parent is gone once the parent has been reaped.
+    """
+    popen = proc.popen
+    kids = _descendants(popen.pid)
+    if popen.poll() is None or kids:
+        _signal_all(kids, popen.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=_TERM_GRACE_S)
+        grace_end = time.monotonic() + 2.0
+        while time.monotonic() < grace_end and any(_alive(k) for k in kids):
+            time.sleep(0.1)
+        _signal_all([k for k in kids if _alive(k)], popen.pid, signal.SIGKILL)
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait()
+    proc.log_file.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (zombies count as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+def _http_ok(url: str) -> bool:
+    """True if GET `url` answers 2xx within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _read_log(path: Path) -> str:
+    """A log file's text ('' if missing)."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _tail_text(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    """Last `lines` lines of `text`."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _port_clash(log_path: Path) -> bool:
+    """Whether a log says the port was already taken."""
+    text = _read_log(log_path).lower()
+    return any(marker in text for marker in _PORT_IN_USE_MARKERS)
+
+
+def _process_error(proc: _Proc, what: str) -> DeploymentError:
+    """A `DeploymentError` naming the process, its exit code and its log tail."""
+    code = proc.popen.poll()
+    state = "still running" if code is None else f"exit code {code}"
+    return DeploymentError(
+        f"{proc.name} {what} ({state}); log: {proc.log_path}\n"
+        f"--- {proc.name} log (tail) ---\n{_tail_text(_read_log(proc.log_path))}"
+    )

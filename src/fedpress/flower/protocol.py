@@ -1,0 +1,92 @@
+"""What travels between server and clients: record names, tensor records, codec payloads.
+
+Keeping the message layout in one place makes the contract between ServerApp and ClientApp
+explicit and lets the server validate every reply against it. A codec payload travels as one
+packed uint8 array (Flower adds ~128 bytes of framing per array; LoRA has hundreds of small
+tensors), and the receiver unpacks it with the layout of the shapes it already knows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from fedpress.codecs import Codec, PayloadError, build_codec, pack_payload, unpack_payload
+from fedpress.config import CodecOptions
+from fedpress.task import Shapes
+
+# Server -> client (train instruction).
+GLOBAL_ADAPTER = "global-adapter"  # the full global adapter (downlink codec "none")
+GLOBAL_DELTA = "global-delta"  # or: the encoded change since what this client holds
+INSTRUCTIONS = "instructions"
+RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON
+SERVER_ROUND = "server-round"
+
+# Client -> server (train reply).
+UPDATE = "update"
+TRAIN_METRICS = "train-metrics"
+
+# Client-side state kept in Flower's Context.state across rounds.
+UPLINK_CODEC_STATE = "uplink-codec-state"
+GLOBAL_VIEW = "global-view"
+
+PACKED = "payload"
+
+
+def tensors_to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord(
+        {name: Array(t.detach().cpu().contiguous().numpy()) for name, t in tensors.items()}
+    )
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.array(a.numpy(), copy=True)) for name, a in record.items()}
+
+
+def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
+    """A codec from the run config; error feedback only on the uplink (see CodecOptions)."""
+    per_codec = {
+        "int8": {"block_size": options.block_size},
+        "int4": {"block_size": options.block_size},
+        "topk": {"fraction": options.topk_fraction, "value_dtype": options.topk_value_dtype},
+        "powersgd": {
+            "rank": options.powersgd_rank,
+            "power_iterations": options.powersgd_iterations,
+            "warm_start": options.powersgd_warm_start,
+        },
+        "qsgd": {"levels": options.qsgd_levels},
+    }
+    feedback = {"auto": None, "on": True, "off": False}[options.error_feedback] if uplink else False
+    try:
+        return build_codec(name, error_feedback=feedback, **per_codec.get(name, {}))
+    except ValueError as exc:
+        from fedpress.errors import FedpressError
+
+        raise FedpressError(f"codec '{name}': {exc}") from None
+
+
+def encode_record(codec: Codec, update: dict[str, torch.Tensor], shapes: Shapes) -> ArrayRecord:
+    payload = codec.encode(update)
+    return ArrayRecord({PACKED: Array(pack_payload(codec, payload, shapes))})
+
+
+def decode_record(codec: Codec, record: ArrayRecord, shapes: Shapes) -> dict[str, torch.Tensor]:
+    """Decode a received payload; anything the codec could not have produced is rejected."""
+    if list(record.keys()) != [PACKED]:
+        raise PayloadError(f"expected one array '{PACKED}', got {sorted(record.keys())[:3]}")
+    array = record[PACKED]
+    limit = codec.max_payload_bytes(shapes)
+    if array.dtype != "uint8" or len(array.shape) != 1 or array.shape[0] > limit:
+        raise PayloadError(
+            f"payload is {array.dtype}{tuple(array.shape)}, expected at most {limit} uint8 bytes"
+        )
+    return codec.decode(unpack_payload(codec, array.numpy(), shapes), shapes)

@@ -1,0 +1,1 @@
+"""One module per method. Federated methods run inside the Flower ServerApp."""

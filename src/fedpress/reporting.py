@@ -1,0 +1,159 @@
+"""Run outputs: resolved config, metrics.jsonl, summary.json, the adapter, plots, a table.
+
+Every method writes the same files through `RunRecorder`, so runs compare field by field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from fedpress.config import RunConfig
+
+MB = 1_000_000
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train_loss: float | None
+    eval_loss: float
+    accuracy: float | None
+    eval_examples: int
+    clients_sampled: int = 0
+    clients_ok: int = 0
+    clients_failed: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    bytes_up_per_client: list[int] = field(default_factory=list)
+    bytes_down_per_client: list[int] = field(default_factory=list)
+    client_peak_mem_bytes: int = 0
+    client_train_s: float = 0.0
+    codec_s: float = 0.0
+    eval_s: float = 0.0
+    round_wall_s: float = 0.0
+    orchestration_s: float = 0.0
+    cum_bytes_up: int = 0
+    cum_bytes_down: int = 0
+
+
+class RunRecorder:
+    """Appends one line per round as it finishes, so a crashed run keeps what it measured."""
+
+    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.rounds: list[RoundRecord] = []
+        self.started = time.perf_counter()
+        config.save(self.out_dir / "config.toml")
+        (self.out_dir / "metrics.jsonl").write_text("")
+
+    def log_round(self, record: RoundRecord) -> None:
+        previous = self.rounds[-1] if self.rounds else None
+        record.cum_bytes_up = record.bytes_up + (previous.cum_bytes_up if previous else 0)
+        record.cum_bytes_down = record.bytes_down + (previous.cum_bytes_down if previous else 0)
+        self.rounds.append(record)
+        with (self.out_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(record.__dict__) + "\n")
+
+    def finish(
+        self,
+        adapter: dict[str, torch.Tensor] | None,
+        final_eval_loss: float,
+        final_accuracy: float | None,
+        final_eval_examples: int,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if adapter is not None:
+            save_file(
+                {k: v.contiguous() for k, v in adapter.items()},
+                str(self.out_dir / "adapter.safetensors"),
+            )
+        wall = time.perf_counter() - self.started
+        trained = [r for r in self.rounds if r.round > 0]
+        summary = {
+            "method": self.config.method,
+            "model": self.config.model,
+            "rounds": self.config.rounds,
+            "num_clients": self.config.num_clients,
+            "final_eval_loss": final_eval_loss,
+            "final_accuracy": final_accuracy,
+            "final_eval_examples": final_eval_examples,
+            "bytes_up_total": sum(r.bytes_up for r in self.rounds),
+            "bytes_down_total": sum(r.bytes_down for r in self.rounds),
+            "wall_s": wall,
+            "client_train_s": sum(r.client_train_s for r in trained),
+            "codec_s": sum(r.codec_s for r in trained),
+            "eval_s": sum(r.eval_s for r in self.rounds),
+            "orchestration_s": sum(r.orchestration_s for r in trained),
+            "client_peak_mem_bytes": max((r.client_peak_mem_bytes for r in self.rounds), default=0),
+            "clients_failed_total": sum(r.clients_failed for r in self.rounds),
+            "out_dir": str(self.out_dir),
+            "config": self.config.to_dict(),
+            **(extra or {}),
+        }
+        summary["orchestration_share"] = summary["orchestration_s"] / wall if wall else 0.0
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_run(
+            self.rounds,
+            self.out_dir / "curves.png",
+            title=f"{self.config.method} / {self.config.model}",
+        )
+        return summary
+
+
+def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
+    """Loss and accuracy against rounds and against cumulative uplink MB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs_round = [r.round for r in rounds]
+    xs_mb = [r.cum_bytes_up / MB for r in rounds]
+    has_acc = any(r.accuracy is not None for r in rounds)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, xs, label in ((axes[0], xs_round, "round"), (axes[1], xs_mb, "cumulative uplink MB")):
+        ax.plot(xs, [r.eval_loss for r in rounds], "o-", color="tab:blue", label="eval loss")
+        ax.set_xlabel(label)
+        ax.set_ylabel("eval loss", color="tab:blue")
+        ax.grid(alpha=0.3)
+        if has_acc:
+            twin = ax.twinx()
+            twin.plot(
+                xs,
+                [r.accuracy if r.accuracy is not None else float("nan") for r in rounds],
+                "s--",
+                color="tab:orange",
+                label="accuracy",
+            )
+            twin.set_ylabel("accuracy", color="tab:orange")
+            twin.set_ylim(0, 1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_summary_table(summary: dict[str, Any]) -> str:
+    acc = summary["final_accuracy"]
+    rows = [
+        ("method", summary["method"]),
+        ("model", summary["model"]),
+        ("final accuracy", "n/a" if acc is None else f"{100 * acc:.1f} %"),
+        ("eval loss", f"{summary['final_eval_loss']:.4f}"),
+        ("MB up", f"{summary['bytes_up_total'] / MB:.2f}"),
+        ("MB down", f"{summary['bytes_down_total'] / MB:.2f}"),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+        ("output", summary["out_dir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 3 + max(len(str(v)) for _, v in rows))
+    return "\n".join([line, *(f"{k:<{width}} | {v}" for k, v in rows), line])

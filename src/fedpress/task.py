@@ -1,0 +1,83 @@
+"""The task a process works on: base model + LoRA adapter + tokenised data, built from a config.
+
+Server, clients and the centralized reference all build it the same way from the same config,
+so they agree on the base weights, the initial adapter and the data splits without shipping
+them. Building is expensive (model load, tokenisation), so each process keeps the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fedpress.config import RunConfig
+from fedpress.data import DataSplits, build_splits
+from fedpress.models import (
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    load_base_model,
+    load_tokenizer,
+    resolve_placement,
+)
+from fedpress.training import Encoded, EvalResult, encode, evaluate
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass
+class LoraTask:
+    config: RunConfig
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    splits: DataSplits
+    device: torch.device
+    initial_adapter: dict[str, torch.Tensor]  # the seeded round-0 adapter every process agrees on
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def encode_all(self, examples) -> list[Encoded]:  # noqa: ANN001
+        return [encode(e, self.tokenizer, self.config.data.max_length) for e in examples]
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        return adapter_state(self.model)
+
+    def set_adapter(self, state: dict[str, torch.Tensor]) -> None:
+        load_adapter_state(self.model, state)
+
+    def adapter_shapes(self) -> Shapes:
+        return {
+            name: tuple(p.shape) for name, p in self.model.named_parameters() if p.requires_grad
+        }
+
+    def evaluate(self, encoded: list[Encoded]) -> EvalResult:
+        return evaluate(
+            self.model, encoded, batch_size=self.config.eval.batch_size, pad_id=self.pad_id
+        )
+
+
+_CACHE: dict[str, LoraTask] = {}
+
+
+def build_task(config: RunConfig) -> LoraTask:
+    """The process-wide task for this config (rebuilt when the config changes)."""
+    key = config.to_json()
+    if key not in _CACHE:
+        _CACHE.clear()  # one model per process: never hold two copies
+        placement = resolve_placement(config.runtime)
+        tokenizer = load_tokenizer(config.model)
+        model = add_lora(
+            load_base_model(config.model, config.runtime),
+            config.lora,
+            config.train.gradient_checkpointing,
+        )
+        model.eval()
+        splits = build_splits(config.data, config.num_clients, config.seed)
+        _CACHE[key] = LoraTask(
+            config, model, tokenizer, splits, placement.device, adapter_state(model)
+        )
+    return _CACHE[key]
