@@ -172,14 +172,17 @@ def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise FedpressError(
-            f"cannot load model '{name}': not an alias "
-            f"({', '.join((SMOLLM2_ALIAS, *TINY_MODELS))}), not a local folder, "
-            f"and not in the offline Hugging Face cache ({exc.__class__.__name__})"
-        ) from None
+        raise FedpressError(_not_found(name, exc)) from None
     if runtime.quantize == "none":
         model = model.to(placement.device)
     return model
+
+
+def _not_found(name: str, exc: Exception) -> str:
+    return (
+        f"cannot load model '{name}': not an alias ({', '.join((SMOLLM2_ALIAS, *TINY_MODELS))}), "
+        f"not a local folder, and not in the offline Hugging Face cache ({exc.__class__.__name__})"
+    )
 
 
 def _quantization_config(runtime: RuntimeConfig, placement: Placement):  # noqa: ANN202
@@ -279,4 +282,7 @@ def config_of(name: str) -> PretrainedConfig:
         tokenizer = load_tokenizer(name)
         return _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     source = smollm2_folder() if name == SMOLLM2_ALIAS else name
-    return AutoConfig.from_pretrained(source)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise FedpressError(_not_found(name, exc)) from None

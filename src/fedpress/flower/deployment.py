@@ -389,7 +389,7 @@ def _toml_value(value: RunConfigValue) -> str:
             raise ValueError(f"run-config float must be finite, got {value}")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     raise TypeError(f"run-config values must be str, int, float or bool, got {type(value)}")
 
 
@@ -405,7 +405,7 @@ def _submit_run(
     # `k=v` pairs (paths with spaces, or a bare `x.toml` value read as a file).
     override_file = flwr_home / "run-config-overrides.toml"
     override_file.write_text(
-        "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in overrides.items()),
+        "".join(f"{_toml_value(k)} = {_toml_value(v)}\n" for k, v in overrides.items()),
         encoding="utf-8",
     )
     completed = _cli(

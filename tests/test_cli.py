@@ -1,0 +1,162 @@
+"""The CLI end to end, as a user runs it: real Flower simulation, tiny models, real files."""
+
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from fedpress.config import RunConfig
+
+SUMMARY_KEYS = {
+    "method",
+    "model",
+    "rounds",
+    "num_clients",
+    "final_eval_loss",
+    "final_accuracy",
+    "bytes_up_total",
+    "bytes_down_total",
+    "wall_s",
+    "client_peak_mem_bytes",
+    "config",
+}
+
+
+def fedpress(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedpress.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def read_rounds(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    result = fedpress(
+        "run",
+        "--set",
+        "model=tiny-llama",
+        "--set",
+        "num_clients=2",
+        "--set",
+        "rounds=2",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "final accuracy" in result.stdout and "MB up" in result.stdout
+    for name in (
+        "summary.json",
+        "metrics.jsonl",
+        "adapter.safetensors",
+        "curves.png",
+        "config.toml",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["method"] == "lora-fedavg" and summary["rounds"] == 2
+    # The saved config re-creates the run exactly.
+    saved = RunConfig.from_dict(tomllib.loads((out / "config.toml").read_text()))
+    assert saved.to_dict() == summary["config"]
+    rounds = read_rounds(out)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    # Bytes counted from the messages: each client uploads its fp32 adapter change once per
+    # round, so per-client uplink is a bit above the adapter size (framing), never below.
+    from safetensors.torch import load_file
+
+    adapter_bytes = sum(t.numel() * 4 for t in load_file(out / "adapter.safetensors").values())
+    for r in rounds[1:]:
+        assert r["clients_ok"] == 2 and r["clients_failed"] == 0
+        assert len(r["bytes_up_per_client"]) == 2
+        assert all(adapter_bytes < b < adapter_bytes * 1.2 for b in r["bytes_up_per_client"])
+        assert all(0 < b < adapter_bytes * 1.5 for b in r["bytes_down_per_client"])
+        assert r["client_peak_mem_bytes"] > 0 and r["client_train_s"] > 0
+    assert summary["bytes_up_total"] == sum(r["bytes_up"] for r in rounds)
+    assert summary["client_peak_mem_bytes"] > 0
+
+
+def test_codecs_shrink_the_measured_messages(tmp_path):
+    out = tmp_path / "run"
+    result = fedpress(
+        "run",
+        "--set",
+        "model=tiny-qwen2",
+        "--set",
+        "num_clients=2",
+        "--set",
+        "rounds=2",
+        "--set",
+        "uplink_codec=int4",
+        "--set",
+        "downlink_codec=int8",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    adapter_bytes = sum(t.numel() * 4 for t in load_file(out / "adapter.safetensors").values())
+    for r in read_rounds(out)[1:]:
+        assert r["clients_ok"] == 2
+        # int4 with fp32 scales per 64 values: 0.5625 bytes per number, ~7x below fp32.
+        assert all(b < adapter_bytes / 5 for b in r["bytes_up_per_client"])
+        assert all(b < adapter_bytes / 2.5 for b in r["bytes_down_per_client"])
+
+
+def test_centralized_reference_run(tmp_path):
+    out = tmp_path / "central"
+    result = fedpress(
+        "run",
+        "--set",
+        "method=centralized",
+        "--set",
+        "model=tiny-gpt2",
+        "--set",
+        "rounds=2",
+        "--set",
+        "train.local_steps=2",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "centralized" and summary["bytes_up_total"] == 0
+    assert len(read_rounds(out)) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "num_client=2"], "did you mean 'num_clients'"),
+        (["--set", "data.source=/nonexistent/train.tsv"], "data file not found"),
+        (["--set", "model=./no/such/model"], "cannot load"),
+        (
+            [
+                "--set",
+                "model=tiny-llama",
+                "--set",
+                "num_clients=50",
+                "--set",
+                "data.builtin_size=240",
+                "--set",
+                "data.eval_size=200",
+            ],
+            "cannot partition 40",
+        ),
+        (["/nonexistent/config.toml"], "config file not found"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message):
+    result = fedpress("run", *args, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,103 @@
+from collections import Counter
+
+import pytest
+
+from fedpress.config import DataConfig
+from fedpress.data import (
+    build_splits,
+    load_examples,
+    parity_task,
+    partition,
+    split_fraction,
+)
+from fedpress.errors import FedpressError
+
+
+def test_sst2_loader_maps_labels_to_words(shared_data):
+    examples = load_examples(str(shared_data / "sst2" / "test.tsv"), DataConfig(), seed=0)
+    assert len(examples) == 872
+    assert {e.answer for e in examples} == {" negative", " positive"}
+    assert all(e.choices == (" negative", " positive") for e in examples)
+    assert examples[0].prompt.startswith("Review: ") and examples[0].prompt.endswith("Sentiment:")
+
+
+def test_mmlu_loader_reads_a_folder_with_subjects(shared_data):
+    examples = load_examples(str(shared_data / "mmlu" / "dev"), DataConfig(), seed=0)
+    assert len(examples) == 285
+    assert len({e.label for e in examples}) == 57
+    assert all(e.answer in (" A", " B", " C", " D") for e in examples)
+    assert "\nA. " in examples[0].prompt
+
+
+def test_alpaca_and_text_loaders(shared_data):
+    alpaca = load_examples(str(shared_data / "alpaca" / "alpaca_5000.json"), DataConfig(), 0)
+    assert len(alpaca) == 5000 and alpaca[0].prompt.startswith("### Instruction:")
+    assert not alpaca[0].choices
+    text = load_examples(str(shared_data / "tinyshakespeare" / "input.txt"), DataConfig(), 0)
+    assert text[0].prompt == "" and len(text[0].answer) == 512
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(FedpressError, match="not found"):
+        load_examples(str(tmp_path / "missing.tsv"), DataConfig(), 0)
+
+
+def test_bad_label_is_reported_with_its_line(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_text("sentence\tlabel\ngood film\t1\nodd row\t7\n")
+    with pytest.raises(FedpressError, match="bad.tsv:3"):
+        load_examples(str(path), DataConfig(), 0)
+
+
+def test_parity_task_answers_are_correct():
+    for example in parity_task(200, seed=3):
+        number = int(example.prompt.split()[1])
+        assert example.answer == (" even" if number % 2 == 0 else " odd")
+
+
+def test_iid_partition_is_disjoint_complete_and_seeded():
+    labels = ["a"] * 50 + ["b"] * 53
+    parts = partition(labels, 4, "iid", 0.5, seed=1)
+    flat = sorted(i for p in parts for i in p)
+    assert flat == list(range(103))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parts == partition(labels, 4, "iid", 0.5, seed=1)
+    assert parts != partition(labels, 4, "iid", 0.5, seed=2)
+
+
+def test_dirichlet_small_alpha_skews_labels():
+    labels = ["neg"] * 500 + ["pos"] * 500
+    parts = partition(labels, 8, "dirichlet", 0.1, seed=0)
+    assert sorted(i for p in parts for i in p) == list(range(1000))
+    majority = [max(Counter(labels[i] for i in p).values()) / len(p) for p in parts]
+    assert sum(share > 0.9 for share in majority) >= 4  # most clients nearly single-label
+    iid = partition(labels, 8, "iid", 0.1, seed=0)
+    assert all(max(Counter(labels[i] for i in p).values()) / len(p) < 0.75 for p in iid)
+
+
+def test_impossible_partitions_are_user_errors():
+    with pytest.raises(FedpressError, match="cannot partition 3"):
+        partition(["a", "b", "c"], 5, "iid", 0.5, seed=0)
+    with pytest.raises(FedpressError, match="labelled"):
+        partition([None, None, None], 2, "dirichlet", 0.5, seed=0)
+
+
+def test_holdout_split_keeps_every_index_once():
+    holdout, rest = split_fraction(list(range(100)), 0.3, seed=0)
+    assert len(holdout) == 30 and len(rest) == 70
+    assert sorted(holdout + rest) == list(range(100))
+
+
+def test_build_splits_with_separate_eval_file(shared_data):
+    data = DataConfig(
+        source=str(shared_data / "sst2" / "dev.tsv"),
+        eval_source=str(shared_data / "sst2" / "test.tsv"),
+        max_train_examples=400,
+        partition="dirichlet",
+        holdout_fraction=0.3,
+    )
+    splits = build_splits(data, num_clients=4, seed=0)
+    assert len(splits.eval_examples) == 872
+    total = sum(map(len, splits.client_shares)) + sum(map(len, splits.client_holdouts))
+    assert total == 400
+    assert build_splits(data, 4, 0).client_shares == splits.client_shares

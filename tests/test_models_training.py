@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from fedpress.config import LoraConfig, RuntimeConfig
+from fedpress.data import Example, parity_task
+from fedpress.errors import FedpressError
+from fedpress.models import (
+    TINY_MODELS,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    load_base_model,
+    load_tokenizer,
+    lora_target_modules,
+)
+from fedpress.training import IGNORE, encode, evaluate, train_steps
+
+EXPECTED_TARGETS = {
+    "tiny-llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "tiny-qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "tiny-gpt2": ["attn.c_attn", "attn.c_proj"],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tiny-llama")
+
+
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_tiny_models_get_lora_on_their_attention_projections(name):
+    base = load_base_model(name, RuntimeConfig())
+    assert lora_target_modules(base, LoraConfig()) == EXPECTED_TARGETS[name]
+    model = add_lora(base, LoraConfig(r=4))
+    state = adapter_state(model)
+    assert state and all("lora_" in key for key in state)
+    # Two processes building the same model agree on base weights and initial adapter.
+    again = adapter_state(add_lora(load_base_model(name, RuntimeConfig()), LoraConfig(r=4)))
+    assert all(torch.equal(state[k], again[k]) for k in state)
+
+
+def test_adapter_state_round_trips():
+    model = add_lora(load_base_model("tiny-llama", RuntimeConfig()), LoraConfig())
+    state = {k: torch.randn_like(v) for k, v in adapter_state(model).items()}
+    load_adapter_state(model, state)
+    assert all(torch.equal(adapter_state(model)[k], state[k]) for k in state)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(FedpressError, match="cannot load"):
+        load_base_model("no-such-org/no-such-model", RuntimeConfig())
+
+
+def test_encode_puts_loss_on_answer_tokens_only(tokenizer):
+    example = Example("Is 12 even or odd?\nAnswer:", " even", (" even", " odd"), "even")
+    enc = encode(example, tokenizer, max_length=64)
+    prompt_len = len(tokenizer(example.prompt, add_special_tokens=False)["input_ids"])
+    assert enc.answer_start == prompt_len
+    assert all(label == IGNORE for label in enc.labels[:prompt_len])
+    assert enc.labels[prompt_len:] == enc.input_ids[prompt_len:]
+    assert enc.answer_index == 0 and all(len(c) == 1 for c in enc.choice_ids)
+
+
+def test_encode_truncates_the_prompt_not_the_answer(tokenizer):
+    example = Example("word " * 200, " positive", (" negative", " positive"))
+    enc = encode(example, tokenizer, max_length=16)
+    assert len(enc.input_ids) == 16
+    assert enc.labels[-1] == enc.input_ids[-1] != IGNORE
+
+
+def test_training_learns_and_evaluation_scores_choices(tokenizer):
+    torch.manual_seed(0)
+    model = add_lora(load_base_model("tiny-llama", RuntimeConfig()), LoraConfig(r=8))
+    # Make the tiny task trivially learnable: the answer is a fixed function of one word.
+    examples = [
+        Example(f"Colour {w}:", " even" if w in ("red", "blue") else " odd", (" even", " odd"))
+        for w in ("red", "blue", "green", "black") * 8
+    ]
+    data = [encode(e, tokenizer, 32) for e in examples]
+    before = evaluate(model, data, batch_size=8, pad_id=tokenizer.pad_token_id)
+    result = train_steps(
+        model, data, steps=60, batch_size=8, lr=1e-2, pad_id=tokenizer.pad_token_id, seed=0
+    )
+    after = evaluate(model, data, batch_size=8, pad_id=tokenizer.pad_token_id)
+    assert result.steps == 60 and result.examples_seen == 480
+    # A random tiny model cannot get far below log(vocab) with attention-only LoRA, but it
+    # must learn the task: a clear loss drop, and every answer ranked first.
+    assert before.accuracy < 1.0
+    assert after.loss < before.loss - 1.0
+    assert after.accuracy == 1.0
+
+
+def test_multi_token_choices_are_scored_by_summed_logprob(tokenizer):
+    model = add_lora(load_base_model("tiny-llama", RuntimeConfig()), LoraConfig())
+    examples = parity_task(4, seed=0)
+    long_choices = [
+        Example(e.prompt, " even number", (" even number", " odd number")) for e in examples
+    ]
+    data = [encode(e, tokenizer, 64) for e in long_choices]
+    assert any(len(c) > 1 for c in data[0].choice_ids)
+    result = evaluate(model, data, batch_size=2, pad_id=tokenizer.pad_token_id)
+    assert result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
