@@ -59,9 +59,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # Optimizer steps per client per round (centralized: per round on the pooled data).
-    local_steps: int = 10
+    local_steps: int = 12
     batch_size: int = 8
-    lr: float = 5e-4
+    lr: float = 2e-3
     # constant | linear | cosine: over the whole run (rounds x local steps).
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
@@ -119,7 +119,7 @@ class RunConfig:
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
     num_clients: int = 4
-    rounds: int = 3
+    rounds: int = 4
     seed: int = 0
     # What compresses client -> server updates and server -> client adapters (see fedpress.codecs).
     uplink_codec: str = "none"

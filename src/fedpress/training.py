@@ -165,8 +165,10 @@ def evaluate(
     device = next(model.parameters()).device
     model.eval()
     total_loss, total_tokens, correct, scorable = 0.0, 0, 0, 0
+    # Batch examples of similar length together: less padding, same sums.
+    by_length = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
     for begin in range(0, len(data), batch_size):
-        batch = list(data[begin : begin + batch_size])
+        batch = [data[i] for i in by_length[begin : begin + batch_size]]
         inputs = collate(batch, pad_id, device)
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]

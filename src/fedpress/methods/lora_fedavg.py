@@ -28,6 +28,7 @@ from fedpress.codecs import Codec, PayloadError
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower import protocol
+from fedpress.flower.progress import ProgressGrid
 from fedpress.reporting import MB, RoundRecord, RunRecorder
 from fedpress.task import Shapes, build_task
 
@@ -264,7 +265,7 @@ def run_lora_fedavg(grid: Grid, config: RunConfig, out_dir: Path, parallel_clien
 
     try:
         result = strategy.start(
-            grid,
+            ProgressGrid(grid, "round"),
             protocol.tensors_to_record(task.adapter()),
             num_rounds=config.rounds,
             timeout=config.federation.round_timeout_s,

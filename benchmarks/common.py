@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmark scripts: run a config in-process, tabulate, save."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fedpress.config import RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+RESULTS = REPO / "benchmarks" / "results"
+MB = 1_000_000
+
+
+def quiet() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def make_config(overrides: dict[str, Any]) -> RunConfig:
+    return load_config(None, [f"{k}={_literal(v)}" for k, v in overrides.items()])
+
+
+def _literal(value: Any) -> str:
+    return (
+        json.dumps(value)
+        if isinstance(value, (str, list))
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+
+
+def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
+    """The same code path as `fedpress run`."""
+    if config.method == "centralized":
+        from fedpress.methods.centralized import run_centralized
+
+        return run_centralized(config, out_dir)
+    from fedpress.flower.simulation import simulate
+
+    return simulate(config, out_dir)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def save(name: str, payload: dict[str, Any], table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(f"saved {RESULTS / name}.json and .md")

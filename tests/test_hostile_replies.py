@@ -1,0 +1,144 @@
+"""Malformed and malicious client replies, sent through the real Flower simulation and the real
+server strategy: each is rejected, logged and counted; the global adapter only ever moves by
+the honest client's update."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+from safetensors.torch import load_file
+
+from fedpress.config import load_config
+from fedpress.flower import client_app as honest
+from fedpress.flower import protocol
+from fedpress.flower.server_app import make_server_app
+from fedpress.task import build_task
+
+# partition id -> how that client corrupts its reply (partition 0 stays honest)
+ATTACKS = {
+    1: "nan",
+    2: "wrong-key",
+    3: "oversized",
+    4: "wrong-dtype",
+    5: "absurd-count",
+    6: "truncated",
+    7: "raise",
+}
+
+evil_app = ClientApp()
+
+
+@evil_app.train()
+def train(msg: Message, context: Context) -> Message:
+    attack = ATTACKS.get(int(context.node_config["partition-id"]))
+    if attack == "raise":
+        raise RuntimeError("client crashed mid-round")
+    reply = honest.train(msg, context)
+    if attack is None:
+        return reply
+    packed = reply.content[protocol.UPDATE][protocol.PACKED].numpy()
+    metrics = dict(reply.content[protocol.TRAIN_METRICS])
+    if attack == "nan":
+        values = packed.view(np.float32).copy()
+        values[3] = np.nan
+        packed = values.view(np.uint8)
+    elif attack == "wrong-key":
+        reply.content[protocol.UPDATE] = ArrayRecord({"weights": Array(packed)})
+        return reply
+    elif attack == "oversized":
+        packed = np.concatenate([packed, np.zeros(10 * packed.size, np.uint8)])
+    elif attack == "wrong-dtype":
+        reply.content[protocol.UPDATE] = ArrayRecord(
+            {protocol.PACKED: Array(packed.view(np.float32))}
+        )
+        return reply
+    elif attack == "absurd-count":
+        metrics["num-examples"] = 10**12
+        reply.content[protocol.TRAIN_METRICS] = MetricRecord(metrics)
+    elif attack == "truncated":
+        packed = packed[:-4]
+    reply.content[protocol.UPDATE] = ArrayRecord({protocol.PACKED: Array(packed)})
+    return reply
+
+
+def test_hostile_replies_never_touch_the_global_adapter(tmp_path):
+    from flwr.simulation import run_simulation
+
+    config = load_config(
+        None,
+        [
+            "model=tiny-llama",
+            "num_clients=8",
+            "rounds=1",
+            "train.local_steps=2",
+            "data.builtin_size=400",
+        ],
+    )
+    out = tmp_path / "run"
+    box: dict = {}
+    run_simulation(
+        server_app=make_server_app(config, out, 1, box),
+        client_app=evil_app,
+        num_supernodes=config.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": 2, "include_dashboard": False},
+        },
+    )
+    assert "summary" in box, box.get("error")
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[1]["clients_sampled"] == 8
+    assert rounds[1]["clients_ok"] == 1
+    assert rounds[1]["clients_failed"] == 7
+
+    # Replay the honest client's round locally: the final adapter must equal exactly
+    # initial + its change (one accepted reply, so its weight is 1).
+    task = build_task(config)
+    from fedpress.training import train_steps
+
+    task.set_adapter(task.initial_adapter)
+    train_steps(
+        task.model,
+        task.encode_all(task.splits.client_shares[0]),
+        steps=2,
+        batch_size=config.train.batch_size,
+        lr=config.train.lr,
+        pad_id=task.pad_id,
+        seed=config.seed * 1_000_003 + 1 * 1_009 + 0,
+        schedule=config.train.lr_schedule,
+        schedule_offset=0,
+        schedule_total=config.rounds * 2,
+        max_grad_norm=config.train.max_grad_norm,
+    )
+    expected = task.adapter()
+    final = load_file(out / "adapter.safetensors")
+    assert set(final) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(final[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(final[n], task.initial_adapter[n]) for n in final)
+
+
+@pytest.mark.parametrize("attack", ["nan", "oversized", "truncated", "wrong-key"])
+def test_decode_record_rejects_each_attack_without_simulation(attack):
+    from fedpress.codecs import PayloadError
+
+    config = load_config(None, ["model=tiny-llama"])
+    shapes = build_task(config).adapter_shapes()
+    codec = protocol.make_codec("int8", config.codec, uplink=True)
+    update = {name: torch.randn(shape) for name, shape in shapes.items()}
+    packed = protocol.encode_record(codec, update, shapes)[protocol.PACKED].numpy()
+    if attack == "nan":  # a NaN scale
+        packed = packed.copy()
+        packed[-4:] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+        record = ArrayRecord({protocol.PACKED: Array(packed)})
+    elif attack == "oversized":
+        record = ArrayRecord({protocol.PACKED: Array(np.zeros(10**7, np.uint8))})
+    elif attack == "truncated":
+        record = ArrayRecord({protocol.PACKED: Array(packed[:-1])})
+    else:
+        record = ArrayRecord({"other": Array(packed)})
+    with pytest.raises(PayloadError):
+        protocol.decode_record(codec, record, shapes)
