@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from common import MB, RESULTS, SHARED_DATA, make_config, markdown_table, quiet, run, save
+from common import MB, RESULTS, make_config, markdown_table, quiet, run, save, sst2_setting
 
 ALL_CODECS = ["none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "sign", "qsgd"]
 
@@ -36,21 +36,10 @@ def main() -> None:
     if codecs[0] != "none":
         codecs = ["none", *[c for c in codecs if c != "none"]]  # the baseline comes first
     base = {
+        **sst2_setting(args.clients, args.rounds, args.local_steps, args.max_train),
         "method": "lora-fedavg",
         "model": args.model,
-        "num_clients": args.clients,
-        "rounds": args.rounds,
-        "data.source": str(SHARED_DATA / "sst2" / "train.tsv"),
-        "data.eval_source": str(SHARED_DATA / "sst2" / "test.tsv"),
-        "data.max_train_examples": args.max_train,
-        "data.partition": "dirichlet",
-        "data.dirichlet_alpha": 0.5,
-        "data.max_length": 96,
-        "train.local_steps": args.local_steps,
-        "train.batch_size": 8,
-        "train.lr": 1e-3,
         "eval.per_round_examples": 100,
-        "eval.batch_size": 32,
     }
     rows, curves = [], {}
     baseline_up = None

@@ -24,6 +24,26 @@ def quiet() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
+def sst2_setting(clients: int, rounds: int, local_steps: int, max_train: int) -> dict[str, Any]:
+    """The foundation benchmark's setting: SST-2, Dirichlet(0.5) over labels, all clients."""
+    return {
+        "model": "smollm2-135m",
+        "num_clients": clients,
+        "rounds": rounds,
+        "seed": 0,
+        "data.source": str(SHARED_DATA / "sst2" / "train.tsv"),
+        "data.eval_source": str(SHARED_DATA / "sst2" / "test.tsv"),
+        "data.max_train_examples": max_train,
+        "data.partition": "dirichlet",
+        "data.dirichlet_alpha": 0.5,
+        "data.max_length": 96,
+        "train.local_steps": local_steps,
+        "train.batch_size": 8,
+        "train.lr": 1e-3,
+        "eval.batch_size": 32,
+    }
+
+
 def make_config(overrides: dict[str, Any]) -> RunConfig:
     return load_config(None, [f"{k}={_literal(v)}" for k, v in overrides.items()])
 

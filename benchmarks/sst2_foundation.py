@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import MB, RESULTS, SHARED_DATA, make_config, markdown_table, quiet, run, save
+from common import MB, RESULTS, make_config, markdown_table, quiet, run, save, sst2_setting
 
 
 def main() -> None:
@@ -26,21 +26,9 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     base = {
-        "model": "smollm2-135m",
-        "num_clients": args.clients,
-        "rounds": args.rounds,
-        "seed": 0,
-        "data.source": str(SHARED_DATA / "sst2" / "train.tsv"),
-        "data.eval_source": str(SHARED_DATA / "sst2" / "test.tsv"),
-        "data.max_train_examples": args.max_train,
-        "data.partition": "dirichlet",
-        "data.dirichlet_alpha": 0.5,
-        "data.max_length": 96,
-        "train.local_steps": args.local_steps,
-        "train.batch_size": 8,
+        **sst2_setting(args.clients, args.rounds, args.local_steps, args.max_train),
         "train.lr": args.lr,
         "eval.per_round_examples": 200,
-        "eval.batch_size": 32,
     }
     rows = []
     untuned = None

@@ -97,21 +97,12 @@ def test_hostile_replies_never_touch_the_global_adapter(tmp_path):
     # Replay the honest client's round locally: the final adapter must equal exactly
     # initial + its change (one accepted reply, so its weight is 1).
     task = build_task(config)
-    from fedpress.training import train_steps
-
     task.set_adapter(task.initial_adapter)
-    train_steps(
-        task.model,
+    task.train_round(
         task.encode_all(task.splits.client_shares[0]),
+        1,
         steps=2,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        pad_id=task.pad_id,
-        seed=config.seed * 1_000_003 + 1 * 1_009 + 0,
-        schedule=config.train.lr_schedule,
-        schedule_offset=0,
-        schedule_total=config.rounds * 2,
-        max_grad_norm=config.train.max_grad_norm,
+        seed=config.seed * 1_000_003 + 1_009,
     )
     expected = task.adapter()
     final = load_file(out / "adapter.safetensors")

@@ -58,18 +58,9 @@ def cache_dir() -> Path:
 
 def _tiny_config(name: str, vocab_size: int, bos: int | None, eos: int | None) -> PretrainedConfig:
     common = {"vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos}
-    if name == "tiny-llama":
-        return LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
-    if name == "tiny-qwen2":
-        return Qwen2Config(
+    if name in ("tiny-llama", "tiny-qwen2"):
+        config_class = LlamaConfig if name == "tiny-llama" else Qwen2Config
+        return config_class(
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,

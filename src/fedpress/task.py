@@ -22,7 +22,7 @@ from fedpress.models import (
     load_tokenizer,
     resolve_placement,
 )
-from fedpress.training import Encoded, EvalResult, encode, evaluate
+from fedpress.training import Encoded, EvalResult, TrainResult, encode, evaluate, train_steps
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -53,6 +53,26 @@ class LoraTask:
         return {
             name: tuple(p.shape) for name, p in self.model.named_parameters() if p.requires_grad
         }
+
+    def train_round(
+        self, data: list[Encoded], server_round: int, steps: int, seed: int
+    ) -> TrainResult:
+        """`steps` optimizer steps of round `server_round`, with the run's LR schedule."""
+        train = self.config.train
+        return train_steps(
+            self.model,
+            data,
+            steps=steps,
+            batch_size=train.batch_size,
+            lr=train.lr,
+            pad_id=self.pad_id,
+            seed=seed,
+            schedule=train.lr_schedule,
+            schedule_offset=(server_round - 1) * steps,
+            schedule_total=self.config.rounds * steps,
+            weight_decay=train.weight_decay,
+            max_grad_norm=train.max_grad_norm,
+        )
 
     def evaluate(self, encoded: list[Encoded]) -> EvalResult:
         return evaluate(

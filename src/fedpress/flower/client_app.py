@@ -19,7 +19,7 @@ from fedpress.accounting import peak_memory_bytes, stopwatch
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
 from fedpress.task import LoraTask, build_task
-from fedpress.training import Encoded, train_steps
+from fedpress.training import Encoded
 
 app = ClientApp()
 
@@ -39,20 +39,11 @@ def train(msg: Message, context: Context) -> Message:
     with stopwatch() as download_codec:
         global_state = _receive_global(msg, context, task)
     task.set_adapter(global_state)
-    steps = config.train.local_steps
-    result = train_steps(
-        task.model,
+    result = task.train_round(
         data,
-        steps=steps,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        pad_id=task.pad_id,
+        server_round,
+        steps=config.train.local_steps,
         seed=config.seed * 1_000_003 + server_round * 1_009 + partition_id,
-        schedule=config.train.lr_schedule,
-        schedule_offset=(server_round - 1) * steps,
-        schedule_total=config.rounds * steps,
-        weight_decay=config.train.weight_decay,
-        max_grad_norm=config.train.max_grad_norm,
     )
     # Send the change of the adapter this round, not its absolute state (SPEC section 1).
     end_state = task.adapter()

@@ -46,7 +46,8 @@ class ProgressGrid:
                 new = list(self._grid.pull_messages(pending))
                 pending.difference_update(m.metadata.reply_to_message_id for m in new)
                 replies.extend(new)
-                bar.update(len(new))
+                if new:
+                    bar.update(len(new))
                 if pending:
                     time.sleep(POLL_S)
         return replies

@@ -15,7 +15,6 @@ from fedpress.accounting import peak_memory_bytes
 from fedpress.config import RunConfig
 from fedpress.reporting import RoundRecord, RunRecorder
 from fedpress.task import build_task
-from fedpress.training import train_steps
 
 
 def clients_per_round(config: RunConfig) -> int:
@@ -34,19 +33,8 @@ def run_centralized(config: RunConfig, out_dir: Path) -> dict:
     )
     for server_round in tqdm(range(1, config.rounds + 1), desc="centralized rounds", unit="round"):
         started = time.perf_counter()
-        result = train_steps(
-            task.model,
-            train_data,
-            steps=steps,
-            batch_size=config.train.batch_size,
-            lr=config.train.lr,
-            pad_id=task.pad_id,
-            seed=config.seed * 1_000_003 + server_round,
-            schedule=config.train.lr_schedule,
-            schedule_offset=(server_round - 1) * steps,
-            schedule_total=config.rounds * steps,
-            weight_decay=config.train.weight_decay,
-            max_grad_norm=config.train.max_grad_norm,
+        result = task.train_round(
+            train_data, server_round, steps=steps, seed=config.seed * 1_000_003 + server_round
         )
         evaluation = task.evaluate(eval_subset)
         wall = time.perf_counter() - started
