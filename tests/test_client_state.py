@@ -1,0 +1,102 @@
+"""Client state that must outlive a round lives in Flower's Context.state, not in the process:
+a ClientApp process that is restarted between rounds sends exactly what a long-lived one does."""
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedpress import task as task_module
+from fedpress.config import load_config
+from fedpress.flower import client_app, protocol
+from fedpress.task import build_task
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = None
+
+
+def instruction(config, server_round, global_record) -> Message:
+    content = RecordDict(
+        {
+            protocol.GLOBAL_ADAPTER: global_record,
+            protocol.INSTRUCTIONS: ConfigRecord(
+                {protocol.RUN_CONFIG: config.to_json(), protocol.SERVER_ROUND: server_round}
+            ),
+        }
+    )
+    return Message(content=content, message_type="train", dst_node_id=1)
+
+
+def new_context() -> Context:
+    return Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def forget_process_caches() -> None:
+    """What a fresh ClientApp process starts with: no model, no tokenised data."""
+    task_module._CACHE.clear()
+    client_app._encoded_shares.clear()
+
+
+def test_error_feedback_residual_survives_a_process_restart():
+    config = load_config(
+        None,
+        [
+            "model=tiny-llama",
+            "num_clients=2",
+            "uplink_codec=topk",
+            "train.local_steps=1",
+            "codec.topk_fraction=0.05",
+        ],
+    )
+    global_record = protocol.tensors_to_record(build_task(config).initial_adapter)
+    long_lived, restarted = new_context(), new_context()
+
+    first = client_app.train(instruction(config, 1, global_record), long_lived)
+    forget_process_caches()
+    client_app.train(instruction(config, 1, global_record), restarted)
+    state = protocol.record_to_arrays(long_lived.state[protocol.UPLINK_CODEC_STATE])
+    assert state and any(np.abs(v).sum() > 0 for v in state.values())  # a real residual
+
+    second_long = client_app.train(instruction(config, 2, global_record), long_lived)
+    forget_process_caches()
+    second_restarted = client_app.train(instruction(config, 2, global_record), restarted)
+    payload = lambda m: m.content[protocol.UPDATE][protocol.PACKED].numpy()  # noqa: E731
+    assert np.array_equal(payload(second_long), payload(second_restarted))
+    # ...and the residual really changes what is sent: without it round 2 differs.
+    fresh = client_app.train(instruction(config, 2, global_record), new_context())
+    assert not np.array_equal(payload(second_long), payload(fresh))
+    assert payload(first).size == payload(second_long).size
+
+
+def test_delta_downlink_keeps_the_clients_copy_in_context_state():
+    config = load_config(
+        None, ["model=tiny-llama", "num_clients=2", "downlink_codec=int8", "train.local_steps=1"]
+    )
+    task = build_task(config)
+    shapes = task.adapter_shapes()
+    codec = protocol.make_codec("int8", config.codec, uplink=False)
+    target = {k: v + 0.01 for k, v in task.initial_adapter.items()}
+    change = {k: target[k] - task.initial_adapter[k] for k in target}
+    content = RecordDict(
+        {
+            protocol.GLOBAL_DELTA: protocol.encode_record(codec, change, shapes),
+            protocol.INSTRUCTIONS: ConfigRecord(
+                {protocol.RUN_CONFIG: config.to_json(), protocol.SERVER_ROUND: 1}
+            ),
+        }
+    )
+    context = new_context()
+    client_app.train(Message(content=content, message_type="train", dst_node_id=1), context)
+    view = protocol.record_to_tensors(context.state[protocol.GLOBAL_VIEW])
+    for name in target:  # int8 with per-block absmax scales: error well below the change
+        assert (view[name] - target[name]).abs().max() < 0.01 / 100
