@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
-import warnings
 from pathlib import Path
 from typing import Any
 
+from fedpress.cli import quiet  # noqa: F401 - re-exported for the benchmark scripts
 from fedpress.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
 MB = 1_000_000
-
-
-def quiet() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
 def sst2_setting(clients: int, rounds: int, local_steps: int, max_train: int) -> dict[str, Any]:

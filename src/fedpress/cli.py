@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     out_dir = Path(args.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _quiet(args.verbose)
+    quiet(args.verbose)
     _preflight(config)
     if config.method == "centralized":
         from fedpress.methods.centralized import run_centralized
@@ -77,14 +77,16 @@ def _preflight(config) -> None:  # noqa: ANN001
     build_splits(config.data, config.num_clients, config.seed)
 
 
-def _quiet(verbose: bool) -> None:
+def quiet(verbose: bool = False) -> None:
+    """Keep the terminal to progress bars, warnings and the result table."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore")
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Flower resets its console handler to INFO when a simulation starts; a logger filter holds.
+    logging.getLogger("flwr").addFilter(lambda record: record.levelno >= logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

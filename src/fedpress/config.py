@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -273,6 +274,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise FedpressError(f"config key '{key}' must be an integer, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise FedpressError(f"config key '{key}' must be a finite number, got {value!r}")
             return float(value)
         raise FedpressError(f"config key '{key}' must be a number, got {value!r}")
     if hint is str:
