@@ -29,6 +29,7 @@ ATTACKS = {
 }
 
 evil_app = ClientApp()
+evil_app.query()(honest.query)
 
 
 @evil_app.train()

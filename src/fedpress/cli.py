@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key, e.g. --set model=tiny-llama --set train.lr=1e-3",
     )
     run.add_argument("--out", help="output folder (default: runs/<method>-<time>)")
+    run.add_argument(
+        "--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last complete round"
+    )
     run.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
     show = sub.add_parser("config", help="print the resolved config as TOML")
     show.add_argument("config", nargs="?")
@@ -50,18 +53,25 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from fedpress.config import load_config
 
-    config = load_config(args.config, args.overrides)
-    out_dir = Path(args.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise FedpressError("--resume takes the run folder only: its config.toml is the run")
+        out_dir = Path(args.resume)
+        config = load_config(out_dir / "config.toml")
+    else:
+        config = load_config(args.config, args.overrides)
+        out_dir = Path(args.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet(args.verbose)
     _preflight(config)
+    resume = bool(args.resume)
     if config.method == "centralized":
         from fedpress.methods.centralized import run_centralized
 
-        summary = run_centralized(config, out_dir)
+        summary = run_centralized(config, out_dir, resume=resume)
     else:
         from fedpress.flower.simulation import simulate
 
-        summary = simulate(config, out_dir, verbose=args.verbose)
+        summary = simulate(config, out_dir, verbose=args.verbose, resume=resume)
     from fedpress.reporting import format_summary_table
 
     print(format_summary_table(summary))

@@ -77,7 +77,13 @@ class FederationConfig:
     # Simulation resources per client (CPU cores; GPU share when CUDA is present).
     client_cpus: int = 2
     client_gpus: float = 0.0
+    # A client that has not replied by then counts as failed for the round.
     round_timeout_s: float = 3600.0
+    # Fewest valid replies a round needs; below that it is retried, or the run stops cleanly
+    # (its checkpoint of the last complete round intact).
+    min_replies: int = 1
+    on_too_few: str = "retry"  # retry | stop
+    max_retries: int = 2
 
 
 @dataclass
@@ -147,6 +153,7 @@ class RunConfig:
         )
         _check_choice("train.lr_schedule", self.train.lr_schedule, ("constant", "linear", "cosine"))
         _check_choice("runtime.device", self.runtime.device, ("auto", "cpu", "cuda"))
+        _check_choice("federation.on_too_few", self.federation.on_too_few, ("retry", "stop"))
         _check_choice(
             "runtime.dtype", self.runtime.dtype, ("auto", "float32", "bfloat16", "float16")
         )
@@ -159,6 +166,8 @@ class RunConfig:
             ("lora.r", self.lora.r, 1),
             ("data.max_length", self.data.max_length, 8),
             ("eval.batch_size", self.eval.batch_size, 1),
+            ("federation.min_replies", self.federation.min_replies, 1),
+            ("federation.max_retries", self.federation.max_retries, 0),
         ):
             if value < low:
                 raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")
@@ -166,6 +175,8 @@ class RunConfig:
             raise FedpressError("config key 'federation.fraction_train' must be in (0, 1]")
         if not 0.0 <= self.data.holdout_fraction < 1.0:
             raise FedpressError("config key 'data.holdout_fraction' must be in [0, 1)")
+        if self.federation.min_replies > self.num_clients:
+            raise FedpressError("config key 'federation.min_replies' exceeds num_clients")
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
         return self

@@ -46,14 +46,31 @@ class RoundRecord:
 class RunRecorder:
     """Appends one line per round as it finishes, so a crashed run keeps what it measured."""
 
-    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        config: RunConfig,
+        resume_round: int | None = None,
+        elapsed_s: float = 0.0,
+    ) -> None:
+        """A new run, or (resume_round set) one that continues after that round."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[RoundRecord] = []
-        self.started = time.perf_counter()
-        config.save(self.out_dir / "config.toml")
-        (self.out_dir / "metrics.jsonl").write_text("")
+        self.started = time.perf_counter() - elapsed_s
+        metrics = self.out_dir / "metrics.jsonl"
+        if resume_round is None:
+            config.save(self.out_dir / "config.toml")
+            metrics.write_text("")
+            return
+        # Rounds logged after the last checkpoint are redone: drop them.
+        kept = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        self.rounds = [RoundRecord(**r) for r in kept if r["round"] <= resume_round]
+        metrics.write_text("".join(json.dumps(r.__dict__) + "\n" for r in self.rounds))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
     def log_round(self, record: RoundRecord) -> None:
         previous = self.rounds[-1] if self.rounds else None
@@ -76,7 +93,7 @@ class RunRecorder:
                 {k: v.contiguous() for k, v in adapter.items()},
                 str(self.out_dir / "adapter.safetensors"),
             )
-        wall = time.perf_counter() - self.started
+        wall = self.elapsed()
         trained = [r for r in self.rounds if r.round > 0]
         summary = {
             "method": self.config.method,

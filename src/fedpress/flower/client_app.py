@@ -70,6 +70,21 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node holds (it samples clients by partition)."""
+    node_config = context.node_config
+    if "partition-id" not in node_config:
+        raise ValueError("this SuperNode has no 'partition-id' in its --node-config")
+    info = MetricRecord(
+        {
+            "partition-id": int(node_config["partition-id"]),
+            "num-partitions": int(node_config.get("num-partitions", -1)),
+        }
+    )
+    return Message(RecordDict({protocol.NODE_INFO: info}), reply_to=msg)
+
+
 def _receive_global(msg: Message, context: Context, task: LoraTask) -> dict[str, torch.Tensor]:
     """The round's global adapter: sent whole, or as a change to the copy this node holds."""
     if protocol.GLOBAL_ADAPTER in msg.content.array_records:

@@ -14,6 +14,15 @@ serves its Runtime (ClientAppIo) API on its own `--port`. The `flwr` CLI finds t
 SuperLink through a named connection in `$FLWR_HOME/config.toml`; this module points
 `FLWR_HOME` at a temporary folder so the user's `~/.flwr` is never touched.
 POSIX only (process groups).
+
+Secure mode (`tls_dir=...`): SuperLink serves that one port over HTTPS
+(`--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`), SuperNodes verify it with
+`--root-certificates` and serve their own Runtime API over HTTPS too, and the CLI connection
+names `root-certificates` instead of `insecure = true`. With `authenticate=True` the
+SuperLink runs with `--enable-supernode-auth`: each SuperNode's public key is enrolled with
+`flwr supernode register` before the node starts with `--auth-supernode-private-key`, and
+`unenrolled_supernodes` extra nodes with throw-away keys show that unknown keys are refused.
+`scripts/make_test_certs.py` writes test material in the layout expected in `tls_dir`.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,6 +59,9 @@ _CLI_TIMEOUT_S = 120.0
 _POLL_S = 0.5
 _TERM_GRACE_S = 10.0
 _SUPERNODE_READY_MARKER = "SuperNode ID:"
+# File names in `tls_dir`, as written by scripts/make_test_certs.py.
+_TLS_CA, _TLS_CERT, _TLS_KEY = "ca.crt", "server.pem", "server.key"
+_NODE_KEY, _NODE_PUB = "supernode-{i}.key", "supernode-{i}.pub"
 _PORT_IN_USE_MARKERS = ("address already in use", "errno 98", "errno 48")
 
 
@@ -78,6 +91,9 @@ class DeploymentResult:
     out_dir: Path
     log_dir: Path
     logs: dict[str, Path] = field(default_factory=dict)
+    unenrolled_returncodes: dict[str, int | None] = field(default_factory=dict)
+    """Exit code of each unenrolled SuperNode (`unenrolled-<j>`, log in `logs`); None if it
+    was still running `startup_timeout_s` after its start, i.e. it was *not* refused."""
 
     def check_returncode(self) -> None:
         """Raise `DeploymentError` unless the run completed successfully."""
@@ -96,6 +112,78 @@ class _Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _TlsFiles:
+    """TLS certificates (and SuperNode keys) in `tls_dir`; see scripts/make_test_certs.py."""
+
+    folder: Path
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_dir(cls, tls_dir: str | Path, num_node_keys: int) -> _TlsFiles:
+        """Check that `tls_dir` holds the CA, server cert/key and `num_node_keys` key pairs."""
+        folder = Path(tls_dir).expanduser().resolve()
+        tls = cls(folder, folder / _TLS_CA, folder / _TLS_CERT, folder / _TLS_KEY)
+        wanted = [tls.ca, tls.cert, tls.key]
+        for i in range(num_node_keys):
+            wanted.extend(tls.node_key(i))
+        missing = [p.name for p in wanted if not p.is_file()]
+        if missing:
+            raise DeploymentError(
+                f"Missing in tls_dir {folder}: {', '.join(missing)}. Create test material "
+                f"with: python scripts/make_test_certs.py {folder} --supernodes {num_node_keys}"
+            )
+        return tls
+
+    def node_key(self, i: int) -> tuple[Path, Path]:
+        """SuperNode `i`'s (private key, public key) files."""
+        return self.folder / _NODE_KEY.format(i=i), self.folder / _NODE_PUB.format(i=i)
+
+    def server_args(self) -> list[str]:
+        """Flags that make a SuperLink (or a SuperNode's Runtime API) serve HTTPS."""
+        return [
+            "--ssl-ca-certfile",
+            str(self.ca),
+            "--ssl-certfile",
+            str(self.cert),
+            "--ssl-keyfile",
+            str(self.key),
+        ]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Client context that trusts only the test CA (for the health check)."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+@dataclass(frozen=True)
+class _Link:
+    """How to reach the running SuperLink."""
+
+    port: int
+    tls: _TlsFiles | None
+
+    @property
+    def address(self) -> str:
+        return f"{_HOST}:{self.port}"
+
+    def supernode_args(self) -> list[str]:
+        """Flags for a SuperNode: where the SuperLink is and how to connect to it."""
+        if self.tls is None:
+            return ["--insecure", "--superlink", self.address]
+        # --root-certificates verifies the SuperLink; the --ssl-* flags give the node's own
+        # Runtime API (used by its SuperExec/ClientApps on loopback) HTTPS as well.
+        return [
+            "--superlink",
+            self.address,
+            "--root-certificates",
+            str(self.tls.ca),
+            *self.tls.server_args(),
+        ]
 
 
 def launch_local_deployment(
@@ -111,6 +199,9 @@ def launch_local_deployment(
     check: bool = True,
     echo: bool = False,
     env: Mapping[str, str] | None = None,
+    tls_dir: str | Path | None = None,
+    authenticate: bool = False,
+    unenrolled_supernodes: int = 0,
 ) -> DeploymentResult:
     """Run the app in `app_dir` on a throw-away local SuperLink with N SuperNodes.
 
@@ -131,6 +222,14 @@ def launch_local_deployment(
         check: Raise `DeploymentError` if the run does not complete successfully.
         echo: Also copy the run's log stream to this process's stdout.
         env: Extra environment variables for all Flower processes.
+        tls_dir: Folder with `ca.crt`, `server.pem` and `server.key` (for 127.0.0.1); turns
+            on TLS for SuperLink, SuperNodes and the `flwr` CLI. None: all insecure.
+        authenticate: SuperNode authentication (needs `tls_dir`). SuperNode `i` uses
+            `tls_dir/supernode-<i>.key`; its `.pub` is enrolled with
+            `flwr supernode register` before the node starts. Other keys are refused.
+        unenrolled_supernodes: Extra SuperNodes (needs `authenticate`) started with fresh,
+            never-enrolled keys once the enrolled ones are up; they should be refused and
+            exit. Their exit codes end up in `DeploymentResult.unenrolled_returncodes`.
 
     Returns:
         A `DeploymentResult`; with `check=True` only for a completed run.
@@ -141,6 +240,13 @@ def launch_local_deployment(
     """
     if num_supernodes < 1:
         raise ValueError("num_supernodes must be at least 1")
+    if authenticate and tls_dir is None:
+        raise ValueError("authenticate=True needs tls_dir: Flower authenticates only over TLS")
+    if unenrolled_supernodes < 0 or (unenrolled_supernodes and not authenticate):
+        raise ValueError("unenrolled_supernodes must be >= 0 and needs authenticate=True")
+    tls = None
+    if tls_dir is not None:
+        tls = _TlsFiles.from_dir(tls_dir, num_supernodes if authenticate else 0)
     app_path = Path(app_dir).expanduser().resolve()
     if not (app_path / "pyproject.toml").is_file():
         raise DeploymentError(f"No pyproject.toml in Flower app folder {app_path}")
@@ -157,15 +263,28 @@ def launch_local_deployment(
     flwr_home = Path(tempfile.mkdtemp(prefix="fedpress-flwr-home-"))
     proc_env = _flower_env(flwr_home, env)
     procs: list[_Proc] = []
+    outsiders: list[_Proc] = []  # unenrolled SuperNodes, expected to exit
     streamer: _Proc | None = None
     run_id: int | None = None
     finished = False
     try:
-        superlink, port = _start_superlink(logs_path, proc_env, startup_timeout_s)
+        superlink, link = _start_superlink(
+            logs_path, proc_env, startup_timeout_s, tls, authenticate
+        )
         procs.append(superlink)
-        _write_connection_config(flwr_home, port)
+        _write_connection_config(flwr_home, link)
+        node_keys: list[Path | None] = [None] * num_supernodes
+        if authenticate and tls is not None:
+            pairs = [tls.node_key(i) for i in range(num_supernodes)]
+            _enrol_supernodes([public for _, public in pairs], flwr_home, proc_env, procs)
+            node_keys = [private for private, _ in pairs]
         procs.extend(
-            _start_supernodes(num_supernodes, port, logs_path, proc_env, startup_timeout_s, procs)
+            _start_supernodes(node_keys, link, logs_path, proc_env, startup_timeout_s, procs)
+        )
+        outsiders.extend(
+            _start_unenrolled(
+                unenrolled_supernodes, link, logs_path, proc_env, flwr_home, startup_timeout_s
+            )
         )
 
         overrides: dict[str, RunConfigValue] = {"config": str(config_file), "out": str(out_path)}
@@ -185,6 +304,7 @@ def launch_local_deployment(
         finished = True
         stream_log = _finish_streamer(streamer)
         streamer = None
+        refused = _wait_for_exit(outsiders, startup_timeout_s)
         result = DeploymentResult(
             args=[_exe("flwr"), "run", str(app_path), CONNECTION_NAME],
             returncode=0 if status == "finished:completed" else 1,
@@ -195,7 +315,9 @@ def launch_local_deployment(
             elapsed_s=time.monotonic() - started,
             out_dir=out_path,
             log_dir=logs_path,
-            logs={p.name: p.log_path for p in procs} | {"run": logs_path / "run.log"},
+            logs={p.name: p.log_path for p in [*procs, *outsiders]}
+            | {"run": logs_path / "run.log"},
+            unenrolled_returncodes=refused,
         )
         if check:
             result.check_returncode()
@@ -207,7 +329,7 @@ def launch_local_deployment(
     finally:
         if streamer is not None:
             _stop_process(streamer)
-        for proc in reversed(procs):  # SuperNodes first, SuperLink last
+        for proc in reversed([*procs, *outsiders]):  # SuperNodes first, SuperLink last
             _stop_process(proc)
         shutil.rmtree(flwr_home, ignore_errors=True)
 
@@ -272,16 +394,25 @@ def _start_process(
 
 
 def _start_superlink(
-    logs_path: Path, env: Mapping[str, str], startup_timeout_s: float, attempts: int = 3
-) -> tuple[_Proc, int]:
-    """Start an insecure SuperLink on a free port; retry if the port was taken meanwhile."""
+    logs_path: Path,
+    env: Mapping[str, str],
+    startup_timeout_s: float,
+    tls: _TlsFiles | None = None,
+    authenticate: bool = False,
+    attempts: int = 3,
+) -> tuple[_Proc, _Link]:
+    """Start a SuperLink on a free port; retry if the port was taken meanwhile."""
+    security = ["--insecure"] if tls is None else tls.server_args()
+    if authenticate:
+        security.append("--enable-supernode-auth")
+    scheme, context = ("http", None) if tls is None else ("https", tls.ssl_context())
     for attempt in range(attempts):
         port = _free_port()
         proc = _start_process(
             "superlink",
             [
                 _exe("flower-superlink"),
-                "--insecure",
+                *security,
                 "--host",
                 _HOST,
                 "--port",
@@ -297,8 +428,8 @@ def _start_superlink(
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
                 break
-            if _http_ok(f"http://{_HOST}:{port}/health"):
-                return proc, port
+            if _http_ok(f"{scheme}://{_HOST}:{port}/health", context):
+                return proc, _Link(port, tls)
             time.sleep(_POLL_S)
         _stop_process(proc)
         if attempt + 1 < attempts and _port_clash(proc.log_path):
@@ -308,18 +439,29 @@ def _start_superlink(
 
 
 def _start_supernodes(
-    n: int,
-    superlink_port: int,
+    keys: Sequence[Path | None],
+    link: _Link,
     logs_path: Path,
     env: Mapping[str, str],
     startup_timeout_s: float,
     running: list[_Proc],
 ) -> list[_Proc]:
-    """Start N SuperNodes and wait until each has registered with the SuperLink."""
+    """Start one SuperNode per entry of `keys` (its auth private key or None) and wait
+    until each has connected to the SuperLink."""
     nodes: list[_Proc] = []
+    n = len(keys)
     try:
-        for i in range(n):
-            nodes.append(_start_supernode(i, n, superlink_port, logs_path, env))
+        for i, key in enumerate(keys):
+            nodes.append(
+                _start_supernode(
+                    f"supernode-{i}",
+                    link,
+                    logs_path,
+                    env,
+                    node_config=f"partition-id={i} num-partitions={n}",
+                    private_key=key,
+                )
+            )
         deadline = time.monotonic() + startup_timeout_s
         pending = list(nodes)
         while pending:
@@ -341,36 +483,111 @@ def _start_supernodes(
 
 
 def _start_supernode(
-    i: int, n: int, superlink_port: int, logs_path: Path, env: Mapping[str, str]
+    name: str,
+    link: _Link,
+    logs_path: Path,
+    env: Mapping[str, str],
+    *,
+    node_config: str | None = None,
+    private_key: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> _Proc:
-    """Start SuperNode `i` of `n` with its partition in the node config."""
-    return _start_process(
-        f"supernode-{i}",
-        [
-            _exe("flower-supernode"),
-            "--insecure",
-            "--superlink",
-            f"{_HOST}:{superlink_port}",
-            "--host",
-            _HOST,
-            "--port",
-            str(_free_port()),  # its ClientAppIo/Runtime API
-            "--node-config",
-            f"partition-id={i} num-partitions={n}",
-        ],
-        logs_path / f"supernode-{i}.log",
-        env,
+    """Start a SuperNode (optionally with a node config and an auth private key)."""
+    cmd = [
+        _exe("flower-supernode"),
+        *link.supernode_args(),
+        "--host",
+        _HOST,
+        "--port",
+        str(_free_port()),  # its ClientAppIo/Runtime API
+    ]
+    if node_config is not None:
+        cmd += ["--node-config", node_config]
+    if private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(private_key)]
+    return _start_process(name, [*cmd, *extra_args], logs_path / f"{name}.log", env)
+
+
+def _enrol_supernodes(
+    public_keys: Sequence[Path], flwr_home: Path, env: Mapping[str, str], procs: list[_Proc]
+) -> None:
+    """Register each public key with the SuperLink (`flwr supernode register`)."""
+    for public_key in public_keys:
+        completed = _cli(
+            ["supernode", "register", str(public_key), CONNECTION_NAME, "--format", "json"],
+            flwr_home,
+            env,
+            timeout=_CLI_TIMEOUT_S,
+            check=False,
+        )
+        payload = _parse_json(completed.stdout)
+        if completed.returncode != 0 or not payload or not payload.get("success"):
+            message = (payload or {}).get("error-message") or completed.stdout + completed.stderr
+            dead = [p for p in procs if p.popen.poll() is not None]
+            detail = "\n" + str(_process_error(dead[0], "is not running")) if dead else ""
+            raise DeploymentError(
+                f"`flwr supernode register {public_key}` failed: {message}{detail}"
+            )
+
+
+def _start_unenrolled(
+    count: int,
+    link: _Link,
+    logs_path: Path,
+    env: Mapping[str, str],
+    flwr_home: Path,
+    startup_timeout_s: float,
+) -> list[_Proc]:
+    """Start `count` SuperNodes whose fresh keys were never enrolled (they should be refused).
+
+    `--max-wait-time` bounds their connection retries, so even a node that cannot reach
+    the SuperLink at all gives up within `startup_timeout_s`.
+    """
+    nodes = []
+    for j in range(count):
+        key = _write_throwaway_node_key(flwr_home / f"unenrolled-{j}.key")
+        nodes.append(
+            _start_supernode(
+                f"unenrolled-{j}",
+                link,
+                logs_path,
+                env,
+                private_key=key,
+                extra_args=["--max-wait-time", str(startup_timeout_s)],
+            )
+        )
+    return nodes
+
+
+def _write_throwaway_node_key(path: Path) -> Path:
+    """Write a new EC P-384 private key in OpenSSH format (as SuperNodes load it)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
     )
+    path.chmod(0o600)
+    return path
 
 
-def _write_connection_config(flwr_home: Path, port: int) -> None:
+def _write_connection_config(flwr_home: Path, link: _Link) -> None:
     """Write the `flwr` CLI's connection file; it is read from `$FLWR_HOME/config.toml`."""
+    security = (
+        "insecure = true\n"
+        if link.tls is None
+        else f"root-certificates = {_toml_value(str(link.tls.ca))}\n"  # absolute path
+    )
     (flwr_home / "config.toml").write_text(
         "[superlink]\n"
         f'default = "{CONNECTION_NAME}"\n\n'
         f"[superlink.{CONNECTION_NAME}]\n"
-        f'address = "{_HOST}:{port}"\n'
-        "insecure = true\n",
+        f'address = "{link.address}"\n' + security,
         encoding="utf-8",
     )
 
@@ -537,6 +754,17 @@ def _parse_json(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _wait_for_exit(procs: Sequence[_Proc], limit_s: float) -> dict[str, int | None]:
+    """Exit code of each process, waiting until `limit_s` after its start (None: running)."""
+    codes: dict[str, int | None] = {}
+    for proc in procs:
+        remaining = limit_s - (time.monotonic() - proc.started)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(timeout=max(remaining, 0.1))
+        codes[proc.name] = proc.popen.poll()
+    return codes
+
+
 def _finish_streamer(streamer: _Proc) -> str:
     """Give `flwr log --stream` a moment to flush, stop it and return what it wrote."""
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -618,10 +846,10 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     """True if GET `url` answers 2xx within a second."""
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        with urllib.request.urlopen(url, timeout=1.0, context=context) as response:
             return 200 <= int(response.status) < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -23,6 +23,9 @@ INSTRUCTIONS = "instructions"
 RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON
 SERVER_ROUND = "server-round"
 
+# Client -> server (query reply): which data partition this node holds.
+NODE_INFO = "node-info"
+
 # Client -> server (train reply).
 UPDATE = "update"
 TRAIN_METRICS = "train-metrics"

@@ -21,13 +21,17 @@ FEDERATED_METHODS = {"lora-fedavg": run_lora_fedavg}
 
 
 def run_method(
-    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int
+    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
 ) -> dict[str, Any]:
-    return FEDERATED_METHODS[config.method](grid, config, out_dir, parallel_clients)
+    return FEDERATED_METHODS[config.method](grid, config, out_dir, parallel_clients, resume)
 
 
 def make_server_app(
-    config: RunConfig, out_dir: Path, parallel_clients: int, box: dict[str, Any]
+    config: RunConfig,
+    out_dir: Path,
+    parallel_clients: int,
+    box: dict[str, Any],
+    resume: bool = False,
 ) -> ServerApp:
     """A ServerApp for the simulation engine; the summary (or the error) lands in `box`."""
     server_app = ServerApp()
@@ -35,7 +39,7 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            box["summary"] = run_method(grid, config, out_dir, parallel_clients)
+            box["summary"] = run_method(grid, config, out_dir, parallel_clients, resume)
         except BaseException as exc:  # handed back to the CLI thread, which reports it
             box["error"] = exc
             raise
@@ -53,5 +57,6 @@ def main(grid: Grid, context: Context) -> None:
         str(context.run_config.get("out", ""))
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    resume = str(context.run_config.get("resume", "false")).lower() == "true"
     # On the deployment engine every client is its own machine: they all run at once.
-    run_method(grid, config, Path(out), parallel_clients=config.num_clients)
+    run_method(grid, config, Path(out), parallel_clients=config.num_clients, resume=resume)

@@ -17,7 +17,9 @@ from fedpress.flower.server_app import make_server_app
 from fedpress.methods.lora_fedavg import parallel_slots
 
 
-def simulate(config: RunConfig, out_dir: Path, verbose: bool = False) -> dict[str, Any]:
+def simulate(
+    config: RunConfig, out_dir: Path, verbose: bool = False, resume: bool = False
+) -> dict[str, Any]:
     cpus = os.cpu_count() or 1
     gpus = torch.cuda.device_count()
     client_gpus = config.federation.client_gpus if gpus else 0.0
@@ -37,7 +39,7 @@ def simulate(config: RunConfig, out_dir: Path, verbose: bool = False) -> dict[st
         },
     }
     box: dict[str, Any] = {}
-    server_app = make_server_app(config, out_dir, parallel_slots(config), box)
+    server_app = make_server_app(config, out_dir, parallel_slots(config), box, resume)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
         server_app=server_app,

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fedpress.accounting import peak_memory_bytes
+from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.config import RunConfig
 from fedpress.reporting import RoundRecord, RunRecorder
 from fedpress.task import build_task
@@ -21,18 +22,30 @@ def clients_per_round(config: RunConfig) -> int:
     return max(1, round(config.num_clients * config.federation.fraction_train))
 
 
-def run_centralized(config: RunConfig, out_dir: Path) -> dict:
+def run_centralized(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     task = build_task(config)
-    recorder = RunRecorder(out_dir, config)
     train_data = task.encode_all(task.splits.pooled_train)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
     steps = config.train.local_steps * clients_per_round(config)
-    first = task.evaluate(eval_subset)
-    recorder.log_round(
-        RoundRecord(0, None, first.loss, first.accuracy, first.examples, eval_s=first.seconds)
-    )
-    for server_round in tqdm(range(1, config.rounds + 1), desc="centralized rounds", unit="round"):
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    first_round = 1
+    if checkpoint is not None:
+        tensors, state = checkpoint
+        task.set_adapter(tensors)
+        first_round = state["round"] + 1
+        recorder = RunRecorder(out_dir, config, state["round"], state["elapsed_s"])
+    else:
+        recorder = RunRecorder(out_dir, config)
+        task.set_adapter(task.initial_adapter)
+        first = task.evaluate(eval_subset)
+        recorder.log_round(
+            RoundRecord(0, None, first.loss, first.accuracy, first.examples, eval_s=first.seconds)
+        )
+    rounds = range(first_round, config.rounds + 1)
+    for server_round in tqdm(rounds, desc="centralized rounds", unit="round"):
         started = time.perf_counter()
+        # Seeds depend on the round only, and the optimizer is fresh each round, so a resumed
+        # run continues exactly as an uninterrupted one.
         result = task.train_round(
             train_data, server_round, steps=steps, seed=config.seed * 1_000_003 + server_round
         )
@@ -51,6 +64,9 @@ def run_centralized(config: RunConfig, out_dir: Path) -> dict:
                 round_wall_s=wall,
                 orchestration_s=max(0.0, wall - result.seconds - evaluation.seconds),
             )
+        )
+        save_checkpoint(
+            out_dir, task.adapter(), {"round": server_round, "elapsed_s": recorder.elapsed()}
         )
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     return recorder.finish(task.adapter(), final.loss, final.accuracy, final.examples)

@@ -1,9 +1,11 @@
 """LoRA-FedAvg (FedIT): clients train the LoRA adapter, the server averages their changes.
 
-A Flower `Strategy`: `configure_train` samples clients and ships the global adapter,
-`aggregate_train` validates each reply, then applies the example-weighted mean of the
-clients' adapter changes. Flower's `Strategy.start` drives the rounds; the `evaluate_fn`
-it calls after each round scores the global adapter and records the round.
+`LoraFedAvg` is a Flower `Strategy`: `configure_train` samples clients and ships the global
+adapter (whole, or delta-encoded by the downlink codec), `aggregate_train` validates every
+reply and applies the example-weighted mean of the accepted adapter changes.
+`run_lora_fedavg` is the recipe the ServerApp runs: rounds over the Flower Grid, evaluation of
+the global adapter after each round, and an atomic checkpoint after each round so that a
+crashed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from tqdm import tqdm
 
 from fedpress.accounting import message_nbytes, stopwatch
+from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.codecs import Codec, PayloadError
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
@@ -41,6 +44,8 @@ class InvalidReply(ValueError):
 
 @dataclass
 class RoundStats:
+    """What one round cost; a retried round accumulates the bytes and clients of every try."""
+
     sampled: int = 0
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
@@ -65,37 +70,53 @@ class LoraFedAvg(Strategy):
         self.config = config
         self.shapes = shapes
         self.initial = initial
-        self.uplink_codec = protocol.make_codec(config.uplink_codec, config.codec, uplink=True)
-        self.downlink_codecs: dict[int, Codec] = {}
-        self.views: dict[int, dict[str, torch.Tensor]] = {}
         self.parallel_clients = max(1, parallel_clients)
         self.rng = random.Random(config.seed)
         self.stats: dict[int, RoundStats] = {}
         self.current: dict[str, torch.Tensor] = {}
         self.max_examples = config.train.local_steps * config.train.batch_size
+        self.uplink_codec = protocol.make_codec(config.uplink_codec, config.codec, uplink=True)
+        self.downlink_codecs: dict[int, Codec] = {}
+        self.views: dict[int, dict[str, torch.Tensor]] = {}
+        # node id -> partition id, learned from the nodes at start (see discover_partitions).
+        self.partitions: dict[int, int] = {}
 
     def summary(self) -> None:
         log.info(
-            "LoRA-FedAvg: %d clients, fraction %.2f",
+            "LoRA-FedAvg: %d clients, fraction %.2f, uplink %s, downlink %s",
             self.config.num_clients,
             self.config.federation.fraction_train,
+            self.config.uplink_codec,
+            self.config.downlink_codec,
         )
+
+    def state_dict(self) -> dict:
+        """Server state a resumed run needs beyond the global adapter (JSON-able)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def sample(self, server_round: int) -> list[int]:
+        """Node ids of this round's clients, drawn over partition ids so that the same seed
+        picks the same clients in every run, whatever ids the nodes got."""
+        by_partition = {p: n for n, p in self.partitions.items()}
+        count = max(1, round(len(by_partition) * self.config.federation.fraction_train))
+        chosen = sorted(self.rng.sample(sorted(by_partition), count))
+        return [by_partition[p] for p in chosen]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         stats = self.stats.setdefault(server_round, RoundStats(started=time.perf_counter()))
         self.current = protocol.record_to_tensors(arrays)
-        node_ids = wait_for_nodes(
-            grid, self.config.num_clients, self.config.federation.round_timeout_s
-        )
-        count = max(1, round(len(node_ids) * self.config.federation.fraction_train))
-        sampled = sorted(self.rng.sample(node_ids, count))
         instructions = ConfigRecord(
             {protocol.RUN_CONFIG: self.config.to_json(), protocol.SERVER_ROUND: server_round}
         )
         messages = []
-        for node in sampled:
+        for node in self.sample(server_round):
             with stopwatch() as encode_time:
                 downlink = self.downlink_record(node, arrays)
             stats.codec_s += encode_time["s"]
@@ -103,8 +124,8 @@ class LoraFedAvg(Strategy):
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )
-        stats.sampled = len(messages)
-        stats.bytes_down = [message_nbytes(m) for m in messages]
+        stats.sampled += len(messages)
+        stats.bytes_down.extend(message_nbytes(m) for m in messages)
         return messages
 
     def downlink_record(self, node: int, arrays: ArrayRecord) -> dict[str, ArrayRecord]:
@@ -132,7 +153,6 @@ class LoraFedAvg(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         stats = self.stats[server_round]
         accepted: list[tuple[dict[str, torch.Tensor], float, dict]] = []
-        replies = list(replies)
         for reply in replies:
             stats.bytes_up.append(message_nbytes(reply))
             node = reply.metadata.src_node_id
@@ -149,11 +169,12 @@ class LoraFedAvg(Strategy):
                 log.warning("round %d: rejected reply from node %d: %s", server_round, node, exc)
                 continue
             accepted.append((delta, weight, metrics))
+        # A fixed order (by partition) makes the floating-point sum independent of arrival order.
+        accepted.sort(key=lambda item: item[2]["partition-id"])
         stats.ok = len(accepted)
         stats.failed = stats.sampled - stats.ok
         stats.aggregated = time.perf_counter()
         if not accepted:
-            log.warning("round %d: no valid client update; global adapter unchanged", server_round)
             return None, None
         total = sum(weight for _, weight, _ in accepted)
         new_state = {}
@@ -185,6 +206,9 @@ class LoraFedAvg(Strategy):
             raise InvalidReply(
                 f"claims {weight:g} examples; a round trains on at most {self.max_examples}"
             )
+        expected_partition = self.partitions.get(reply.metadata.src_node_id)
+        if metrics.get("partition-id") != expected_partition:
+            raise InvalidReply(f"reports partition {metrics.get('partition-id')!r}")
         record = content.array_records[protocol.UPDATE]
         delta = protocol.decode_record(self.uplink_codec, record, self.shapes)
         return delta, weight, metrics
@@ -192,7 +216,7 @@ class LoraFedAvg(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return []  # the server evaluates the global adapter itself (evaluate_fn)
+        return []  # the server evaluates the global adapter itself
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -214,21 +238,68 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
         time.sleep(1.0)
 
 
+def discover_partitions(grid: Grid, config: RunConfig) -> dict[int, int]:
+    """Ask every node which data partition it holds (a Flower query message)."""
+    timeout = config.federation.round_timeout_s
+    node_ids = wait_for_nodes(grid, config.num_clients, timeout)
+    questions = [
+        Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)
+        for n in node_ids
+    ]
+    partitions: dict[int, int] = {}
+    for reply in grid.send_and_receive(questions, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error() or protocol.NODE_INFO not in reply.content.metric_records:
+            log.warning("node %d did not say which partition it holds; left out", node)
+            continue
+        partition = reply.content.metric_records[protocol.NODE_INFO].get("partition-id")
+        if not isinstance(partition, int) or not 0 <= partition < config.num_clients:
+            log.warning("node %d claims partition %r; left out", node, partition)
+            continue
+        if partition in partitions.values():
+            log.warning("node %d claims partition %d, already taken; left out", node, partition)
+            continue
+        partitions[node] = partition
+    if len(partitions) < config.federation.min_replies:
+        raise FedpressError(
+            f"only {len(partitions)} nodes reported a valid partition; "
+            f"federation.min_replies = {config.federation.min_replies}"
+        )
+    return partitions
+
+
 def parallel_slots(config: RunConfig) -> int:
     """How many clients the simulation engine runs at once on this machine."""
     cpus = os.cpu_count() or 1
     return max(1, cpus // max(1, min(config.federation.client_cpus, cpus)))
 
 
-def run_lora_fedavg(grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int) -> dict:
+def run_lora_fedavg(
+    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
+) -> dict:
     """The whole federated run, inside the ServerApp."""
     task = build_task(config)
-    recorder = RunRecorder(out_dir, config)
     strategy = LoraFedAvg(config, task.adapter_shapes(), task.initial_adapter, parallel_clients)
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    arrays = protocol.tensors_to_record(task.initial_adapter)
+    first_round = 1
+    if checkpoint is not None:
+        tensors, state = checkpoint
+        arrays = protocol.tensors_to_record(tensors)
+        strategy.load_state_dict(state["strategy"])
+        first_round = state["round"] + 1
+        recorder = RunRecorder(out_dir, config, state["round"], state["elapsed_s"])
+        log.warning("resuming %s after round %d", out_dir, state["round"])
+    else:
+        recorder = RunRecorder(out_dir, config)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
-    progress = tqdm(total=config.rounds, desc=f"{config.method} rounds", unit="round", leave=True)
+    strategy.partitions = discover_partitions(grid, config)
+    grid = ProgressGrid(grid, "round")
+    progress = tqdm(
+        total=config.rounds, initial=first_round - 1, desc=f"{config.method} rounds", unit="round"
+    )
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_and_record(server_round: int) -> None:
         task.set_adapter(protocol.record_to_tensors(arrays))
         result = task.evaluate(eval_subset)
         stats = strategy.stats.get(server_round, RoundStats())
@@ -258,27 +329,58 @@ def run_lora_fedavg(grid: Grid, config: RunConfig, out_dir: Path, parallel_clien
             orchestration_s=max(0.0, round_s - client_critical) if server_round else 0.0,
         )
         recorder.log_round(record)
-        if server_round:
-            progress.update(1)
-        progress.set_postfix_str(_postfix(record, recorder))
-        return MetricRecord({"eval-loss": result.loss, "accuracy": result.accuracy or 0.0})
+        progress.set_postfix_str(_postfix(record))
 
     try:
-        result = strategy.start(
-            ProgressGrid(grid, "round"),
-            protocol.tensors_to_record(task.adapter()),
-            num_rounds=config.rounds,
-            timeout=config.federation.round_timeout_s,
-            evaluate_fn=evaluate_fn,
-        )
+        if first_round == 1:
+            evaluate_and_record(0)
+        for server_round in range(first_round, config.rounds + 1):
+            arrays = train_round(grid, strategy, server_round, arrays)
+            evaluate_and_record(server_round)
+            progress.update(1)
+            save_checkpoint(
+                out_dir,
+                protocol.record_to_tensors(arrays),
+                {
+                    "round": server_round,
+                    "strategy": strategy.state_dict(),
+                    "elapsed_s": recorder.elapsed(),
+                },
+            )
     finally:
         progress.close()
-    final_state = protocol.record_to_tensors(result.arrays) if result.arrays else task.adapter()
+    final_state = protocol.record_to_tensors(arrays)
     task.set_adapter(final_state)
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     return recorder.finish(final_state, final.loss, final.accuracy, final.examples)
 
 
-def _postfix(record: RoundRecord, recorder: RunRecorder) -> str:
+def train_round(
+    grid: Grid, strategy: LoraFedAvg, server_round: int, arrays: ArrayRecord
+) -> ArrayRecord:
+    """One round; retried (or the run stopped) when too few valid replies come back."""
+    federation = strategy.config.federation
+    for attempt in range(federation.max_retries + 1):
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages, timeout=federation.round_timeout_s)
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        ok = strategy.stats[server_round].ok
+        if new_arrays is not None and ok >= federation.min_replies:
+            return new_arrays
+        log.warning(
+            "round %d: %d valid replies, fewer than federation.min_replies = %d",
+            server_round,
+            ok,
+            federation.min_replies,
+        )
+        if federation.on_too_few == "stop" or attempt == federation.max_retries:
+            break
+    raise FedpressError(
+        f"round {server_round} got too few valid client replies; stopped. The checkpoint of "
+        f"round {server_round - 1} is intact: `fedpress run --resume <run folder>` continues"
+    )
+
+
+def _postfix(record: RoundRecord) -> str:
     acc = "" if record.accuracy is None else f" acc={100 * record.accuracy:.1f}%"
     return f"eval_loss={record.eval_loss:.3f}{acc} up={record.cum_bytes_up / MB:.1f}MB"

@@ -1,0 +1,81 @@
+"""A run killed at a random point and resumed ends exactly where an uninterrupted run ends."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+ARGS = [
+    "--set",
+    "model=tiny-llama",
+    "--set",
+    "num_clients=2",
+    "--set",
+    "rounds=3",
+    "--set",
+    "train.local_steps=3",
+    "--set",
+    "data.builtin_size=600",
+]
+
+
+def fedpress(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedpress.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and everything it started (Ray's workers included): a hard crash."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
+    reference = tmp_path / "reference"
+    result = fedpress("run", *ARGS, "--out", str(reference))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    crashed = tmp_path / "crashed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedpress.cli", "run", *ARGS, "--out", str(crashed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    # Kill at a random moment after the first round's checkpoint, before the run ends.
+    deadline = time.monotonic() + 300
+    while not (crashed / "checkpoint.safetensors").exists():
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.0, 3.0))
+    assert proc.poll() is None, "run finished before it could be killed"
+    kill_tree(proc)
+    assert not (crashed / "summary.json").exists()
+
+    result = fedpress("run", "--resume", str(crashed))
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    expected = json.loads((reference / "summary.json").read_text())
+    resumed = json.loads((crashed / "summary.json").read_text())
+    assert resumed["final_accuracy"] == expected["final_accuracy"]
+    assert abs(resumed["final_eval_loss"] - expected["final_eval_loss"]) < 1e-6
+    rounds = [
+        json.loads(line)["round"] for line in (crashed / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rounds == [0, 1, 2, 3]
+    a, b = load_file(reference / "adapter.safetensors"), load_file(crashed / "adapter.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-7)
+
+
+def test_resume_refuses_to_change_the_config(tmp_path):
+    result = fedpress("run", "--resume", str(tmp_path), "--set", "rounds=5")
+    assert result.returncode == 2 and "--resume takes the run folder only" in result.stderr
