@@ -57,6 +57,10 @@ _HOST = "127.0.0.1"
 _LOG_TAIL_LINES = 40
 _CLI_TIMEOUT_S = 120.0
 _POLL_S = 0.5
+# While `flwr log --stream` runs, the run status is only a safety net (each `flwr ls` costs
+# ~2 s of CPU); once the stream has ended it is polled every _STATUS_POLL_S.
+_STATUS_SAFETY_NET_S = 60.0
+_STATUS_POLL_S = 5.0
 _TERM_GRACE_S = 10.0
 _SUPERNODE_READY_MARKER = "SuperNode ID:"
 # File names in `tls_dir`, as written by scripts/make_test_certs.py.
@@ -299,7 +303,7 @@ def launch_local_deployment(
             cwd=flwr_home,
         )
         status, details = _wait_for_run(
-            run_id, streamer, procs, flwr_home, proc_env, deadline, echo
+            run_id, streamer, procs, flwr_home, proc_env, deadline, echo, bystanders=outsiders
         )
         finished = True
         stream_log = _finish_streamer(streamer)
@@ -663,11 +667,16 @@ def _wait_for_run(
     env: Mapping[str, str],
     deadline: float,
     echo: bool,
+    bystanders: Sequence[_Proc] = (),
 ) -> tuple[str, str]:
-    """Block until the run is `finished:*`; fail fast if a Flower process dies."""
+    """Block until the run is `finished:*`; fail fast if a Flower process in `procs` dies.
+
+    `bystanders` (unenrolled SuperNodes) may exit at any time; they are only polled, so
+    that an exited one is reaped and its SuperExec child notices and exits too.
+    """
     echoed = 0
     status, details = "unknown", ""
-    next_status_check = time.monotonic() + 30.0
+    next_status_check = time.monotonic() + _STATUS_SAFETY_NET_S
     stream_done = False
     while True:
         if echo:
@@ -678,9 +687,11 @@ def _wait_for_run(
         for proc in procs:
             if proc.popen.poll() is not None:
                 raise _process_error(proc, f"died while run {run_id} was in progress")
+        for proc in bystanders:
+            proc.popen.poll()
         # The log stream ends when the run finishes (its exit code is 0 either way, so
         # the run status is what counts); also poll the status now and then in case the
-        # stream breaks off early.
+        # stream hangs.
         if not stream_done and streamer.popen.poll() is not None:
             stream_done = True
             next_status_check = time.monotonic()
@@ -688,7 +699,8 @@ def _wait_for_run(
             status, details = _run_status(run_id, flwr_home, env)
             if status.startswith("finished"):
                 return status, details
-            next_status_check = time.monotonic() + 5.0
+            interval = _STATUS_POLL_S if stream_done else _STATUS_SAFETY_NET_S
+            next_status_check = time.monotonic() + interval
         if time.monotonic() > deadline:
             status, details = _run_status(run_id, flwr_home, env)
             raise DeploymentError(

@@ -189,8 +189,12 @@ class LoraFedAvg(Strategy):
         return protocol.tensors_to_record(new_state), metrics
 
     def read_reply(self, reply: Message) -> tuple[dict[str, torch.Tensor], float, dict]:
+        return self.read_content(reply.content, reply.metadata.src_node_id)
+
+    def read_content(
+        self, content: RecordDict, node: int
+    ) -> tuple[dict[str, torch.Tensor], float, dict]:
         """Check a reply against what this round could legitimately produce."""
-        content = reply.content
         if (
             protocol.UPDATE not in content.array_records
             or protocol.TRAIN_METRICS not in content.metric_records
@@ -206,8 +210,7 @@ class LoraFedAvg(Strategy):
             raise InvalidReply(
                 f"claims {weight:g} examples; a round trains on at most {self.max_examples}"
             )
-        expected_partition = self.partitions.get(reply.metadata.src_node_id)
-        if metrics.get("partition-id") != expected_partition:
+        if metrics.get("partition-id") != self.partitions.get(node):
             raise InvalidReply(f"reports partition {metrics.get('partition-id')!r}")
         record = content.array_records[protocol.UPDATE]
         delta = protocol.decode_record(self.uplink_codec, record, self.shapes)
