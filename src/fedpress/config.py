@@ -79,6 +79,8 @@ class FederationConfig:
     client_gpus: float = 0.0
     # A client that has not replied by then counts as failed for the round.
     round_timeout_s: float = 3600.0
+    # How long the server waits at start for clients to connect and say which partition they hold.
+    connect_timeout_s: float = 600.0
     # Fewest valid replies a round needs; below that it is retried, or the run stops cleanly
     # (its checkpoint of the last complete round intact).
     min_replies: int = 1

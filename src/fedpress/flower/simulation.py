@@ -8,18 +8,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.clientapp import ClientApp
 from flwr.simulation import run_simulation
 
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
-from fedpress.flower.client_app import app as client_app
+from fedpress.flower.client_app import app as fedpress_client_app
 from fedpress.flower.server_app import make_server_app
 from fedpress.methods.lora_fedavg import parallel_slots
 
 
 def simulate(
-    config: RunConfig, out_dir: Path, verbose: bool = False, resume: bool = False
+    config: RunConfig,
+    out_dir: Path,
+    verbose: bool = False,
+    resume: bool = False,
+    client_app: ClientApp | None = None,
 ) -> dict[str, Any]:
+    """Run `config` on the simulation engine; `client_app` replaces fedpress's own (tests
+    use it to put misbehaving clients into a real run)."""
     cpus = os.cpu_count() or 1
     gpus = torch.cuda.device_count()
     client_gpus = config.federation.client_gpus if gpus else 0.0
@@ -43,7 +50,7 @@ def simulate(
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=client_app or fedpress_client_app,
         num_supernodes=config.num_clients,
         backend_config=backend_config,
         verbose_logging=verbose,

@@ -243,7 +243,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
 
 def discover_partitions(grid: Grid, config: RunConfig) -> dict[int, int]:
     """Ask every node which data partition it holds (a Flower query message)."""
-    timeout = config.federation.round_timeout_s
+    timeout = config.federation.connect_timeout_s
     node_ids = wait_for_nodes(grid, config.num_clients, timeout)
     questions = [
         Message(content=RecordDict(), message_type=MessageType.QUERY, dst_node_id=n)

@@ -1,0 +1,52 @@
+"""A client that hangs past the round timeout costs only its own contribution."""
+
+import json
+import time
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedpress.config import load_config
+from fedpress.flower import client_app as honest
+from fedpress.flower import protocol
+from fedpress.flower.simulation import simulate
+
+HANG_S = 40
+
+slow_app = ClientApp()
+slow_app.query()(honest.query)
+
+
+@slow_app.train()
+def train(msg: Message, context: Context) -> Message:
+    server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
+    if int(context.node_config["partition-id"]) == 1 and server_round == 1:
+        time.sleep(HANG_S)  # far past federation.round_timeout_s
+    return honest.train(msg, context)
+
+
+def test_hanging_client_is_timed_out_and_the_run_goes_on(tmp_path):
+    config = load_config(
+        None,
+        [
+            "model=tiny-llama",
+            "num_clients=3",
+            "rounds=2",
+            "train.local_steps=1",
+            "data.builtin_size=400",
+            "federation.client_cpus=1",
+            "federation.round_timeout_s=15",
+            "federation.min_replies=2",
+        ],
+    )
+    summary = simulate(config, tmp_path / "run", client_app=slow_app)
+    rounds = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert (rounds[1]["clients_sampled"], rounds[1]["clients_ok"], rounds[1]["clients_failed"]) == (
+        3,
+        2,
+        1,
+    )
+    assert rounds[2]["clients_ok"] == 3
+    assert summary["clients_failed_total"] == 1
