@@ -57,6 +57,6 @@ def main(grid: Grid, context: Context) -> None:
         str(context.run_config.get("out", ""))
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    resume = str(context.run_config.get("resume", "false")).lower() == "true"
+    resume = bool(context.run_config.get("resume", False))
     # On the deployment engine every client is its own machine: they all run at once.
     run_method(grid, config, Path(out), parallel_clients=config.num_clients, resume=resume)
