@@ -4,16 +4,11 @@ SuperNodes on loopback, each SuperNode with its partition in --node-config."""
 import json
 
 from conftest import REPO
-from fedpress.config import load_config
 from fedpress.flower.deployment import launch_local_deployment
 
 
-def test_superlink_and_two_supernodes_complete_two_rounds(tmp_path):
-    config = load_config(
-        None, ["model=tiny-gpt2", "num_clients=2", "rounds=2", "train.local_steps=2"]
-    )
-    config_path = tmp_path / "run.toml"
-    config.save(config_path)
+def test_superlink_and_two_supernodes_complete_two_rounds(tmp_path, tiny_run_toml):
+    config_path = tiny_run_toml
     out = tmp_path / "out"
     result = launch_local_deployment(
         REPO / "deploy", config_path, out, num_supernodes=2, timeout_s=540, check=False

@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 from conftest import REPO
-from fedpress.config import load_config
 from fedpress.flower.deployment import launch_local_deployment
 
 
-def test_tls_supernode_auth_runs_enrolled_nodes_and_refuses_unknown_key(tmp_path):
+def test_tls_supernode_auth_runs_enrolled_nodes_and_refuses_unknown_key(tmp_path, tiny_run_toml):
     certs = tmp_path / "certs"  # test-only CA, server cert and SuperNode keys
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_test_certs.py"), str(certs)],
@@ -23,11 +22,7 @@ def test_tls_supernode_auth_runs_enrolled_nodes_and_refuses_unknown_key(tmp_path
         capture_output=True,
         timeout=60,
     )
-    config = load_config(
-        None, ["model=tiny-gpt2", "num_clients=2", "rounds=2", "train.local_steps=2"]
-    )
-    config_path = tmp_path / "run.toml"
-    config.save(config_path)
+    config_path = tiny_run_toml
     out = tmp_path / "out"
 
     result = launch_local_deployment(

@@ -512,6 +512,22 @@ def _start_supernode(
     return _start_process(name, [*cmd, *extra_args], logs_path / f"{name}.log", env)
 
 
+def _cli_failure(
+    completed: subprocess.CompletedProcess, procs: Sequence[_Proc]
+) -> tuple[str, str] | None:
+    """(message, detail about a dead Flower process) when a `--format json` call failed.
+
+    `flwr ... --format json` can exit 0 on failure: its `success` field is what counts.
+    """
+    payload = _parse_json(completed.stdout)
+    if completed.returncode == 0 and payload and payload.get("success"):
+        return None
+    message = (payload or {}).get("error-message") or completed.stdout + completed.stderr
+    dead = [p for p in procs if p.popen.poll() is not None]
+    detail = "\n" + str(_process_error(dead[0], "is not running")) if dead else ""
+    return str(message), detail
+
+
 def _enrol_supernodes(
     public_keys: Sequence[Path], flwr_home: Path, env: Mapping[str, str], procs: list[_Proc]
 ) -> None:
@@ -524,11 +540,9 @@ def _enrol_supernodes(
             timeout=_CLI_TIMEOUT_S,
             check=False,
         )
-        payload = _parse_json(completed.stdout)
-        if completed.returncode != 0 or not payload or not payload.get("success"):
-            message = (payload or {}).get("error-message") or completed.stdout + completed.stderr
-            dead = [p for p in procs if p.popen.poll() is not None]
-            detail = "\n" + str(_process_error(dead[0], "is not running")) if dead else ""
+        failure = _cli_failure(completed, procs)
+        if failure is not None:
+            message, detail = failure
             raise DeploymentError(
                 f"`flwr supernode register {public_key}` failed: {message}{detail}"
             )
@@ -645,10 +659,9 @@ def _submit_run(
         check=False,
     )
     payload = _parse_json(completed.stdout)
-    if completed.returncode != 0 or not payload or not payload.get("success"):
-        message = (payload or {}).get("error-message") or completed.stdout + completed.stderr
-        dead = [p for p in procs if p.popen.poll() is not None]
-        detail = "\n" + str(_process_error(dead[0], "is not running")) if dead else ""
+    failure = _cli_failure(completed, procs)
+    if failure is not None:
+        message, detail = failure
         hint = ""
         if "Invalid run configuration" in str(message):
             hint = (
