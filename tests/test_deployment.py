@@ -1,21 +1,71 @@
 """The same ServerApp/ClientApp on Flower's deployment engine: a real SuperLink and two real
-SuperNodes on loopback, each SuperNode with its partition in --node-config."""
+SuperNodes on loopback, each SuperNode with its partition in --node-config. After two complete
+rounds one SuperNode is killed: the third round completes with the other client alone."""
 
 import json
+import os
+import signal
+import threading
+import time
 
 from conftest import REPO
+from fedpress.config import load_config
 from fedpress.flower.deployment import launch_local_deployment
 
 
-def test_superlink_and_two_supernodes_complete_two_rounds(tmp_path, tiny_run_toml):
-    config_path = tiny_run_toml
-    out = tmp_path / "out"
-    result = launch_local_deployment(
-        REPO / "deploy", config_path, out, num_supernodes=2, timeout_s=540, check=False
+def kill_supernode_after_round(out, round_number: int, index: int, stop: threading.Event) -> None:
+    """SIGKILL SuperNode `index` (and its SuperExec) once round `round_number` is logged."""
+    while not stop.is_set():
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) > round_number:
+            break
+        time.sleep(0.5)
+    else:
+        return
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "flower-supernode" in cmdline and f"partition-id={index} " in cmdline + " ":
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_two_rounds_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
+    config = load_config(
+        None,
+        [
+            "model=tiny-gpt2",
+            "num_clients=2",
+            "rounds=3",
+            "train.local_steps=2",
+            "federation.round_timeout_s=30",
+            "federation.min_replies=1",
+        ],
     )
+    config_path = tmp_path / "run.toml"
+    config.save(config_path)
+    out = tmp_path / "out"
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_supernode_after_round, args=(out, 2, 1, stop))
+    killer.start()
+    try:
+        result = launch_local_deployment(
+            REPO / "deploy",
+            config_path,
+            out,
+            num_supernodes=2,
+            timeout_s=600,
+            check=False,
+            expendable_supernodes=[1],
+        )
+    finally:
+        stop.set()
+        killer.join()
     assert result.returncode == 0, f"{result.status}: {result.stdout[-3000:]}"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 2 and summary["num_clients"] == 2
+    assert summary["rounds"] == 3 and summary["num_clients"] == 2
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(r["clients_ok"] == 2 and r["bytes_up"] > 0 for r in rounds[1:])
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert all(r["clients_ok"] == 2 and r["bytes_up"] > 0 for r in rounds[1:3])
+    assert (rounds[3]["clients_ok"], rounds[3]["clients_failed"]) == (1, 1)

@@ -206,6 +206,7 @@ def launch_local_deployment(
     tls_dir: str | Path | None = None,
     authenticate: bool = False,
     unenrolled_supernodes: int = 0,
+    expendable_supernodes: Sequence[int] = (),
 ) -> DeploymentResult:
     """Run the app in `app_dir` on a throw-away local SuperLink with N SuperNodes.
 
@@ -234,6 +235,9 @@ def launch_local_deployment(
         unenrolled_supernodes: Extra SuperNodes (needs `authenticate`) started with fresh,
             never-enrolled keys once the enrolled ones are up; they should be refused and
             exit. Their exit codes end up in `DeploymentResult.unenrolled_returncodes`.
+        expendable_supernodes: Indices of SuperNodes that may die during the run (a test
+            kills one to show that a vanished client costs only its own contribution);
+            any other Flower process dying still fails the deployment.
 
     Returns:
         A `DeploymentResult`; with `check=True` only for a completed run.
@@ -268,6 +272,7 @@ def launch_local_deployment(
     proc_env = _flower_env(flwr_home, env)
     procs: list[_Proc] = []
     outsiders: list[_Proc] = []  # unenrolled SuperNodes, expected to exit
+    expendables: list[_Proc] = []  # SuperNodes allowed to die mid-run
     streamer: _Proc | None = None
     run_id: int | None = None
     finished = False
@@ -282,9 +287,11 @@ def launch_local_deployment(
             pairs = [tls.node_key(i) for i in range(num_supernodes)]
             _enrol_supernodes([public for _, public in pairs], flwr_home, proc_env, procs)
             node_keys = [private for private, _ in pairs]
-        procs.extend(
-            _start_supernodes(node_keys, link, logs_path, proc_env, startup_timeout_s, procs)
+        supernodes = _start_supernodes(
+            node_keys, link, logs_path, proc_env, startup_timeout_s, procs
         )
+        for index, supernode in enumerate(supernodes):
+            (expendables if index in expendable_supernodes else procs).append(supernode)
         outsiders.extend(
             _start_unenrolled(
                 unenrolled_supernodes, link, logs_path, proc_env, flwr_home, startup_timeout_s
@@ -303,7 +310,14 @@ def launch_local_deployment(
             cwd=flwr_home,
         )
         status, details = _wait_for_run(
-            run_id, streamer, procs, flwr_home, proc_env, deadline, echo, bystanders=outsiders
+            run_id,
+            streamer,
+            procs,
+            flwr_home,
+            proc_env,
+            deadline,
+            echo,
+            bystanders=[*outsiders, *expendables],
         )
         finished = True
         stream_log = _finish_streamer(streamer)
@@ -319,7 +333,7 @@ def launch_local_deployment(
             elapsed_s=time.monotonic() - started,
             out_dir=out_path,
             log_dir=logs_path,
-            logs={p.name: p.log_path for p in [*procs, *outsiders]}
+            logs={p.name: p.log_path for p in [*procs, *expendables, *outsiders]}
             | {"run": logs_path / "run.log"},
             unenrolled_returncodes=refused,
         )
@@ -333,7 +347,7 @@ def launch_local_deployment(
     finally:
         if streamer is not None:
             _stop_process(streamer)
-        for proc in reversed([*procs, *outsiders]):  # SuperNodes first, SuperLink last
+        for proc in reversed([*procs, *expendables, *outsiders]):  # SuperLink last
             _stop_process(proc)
         shutil.rmtree(flwr_home, ignore_errors=True)
 
