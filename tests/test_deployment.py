@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 from conftest import REPO
 from fedpress.config import load_config
@@ -24,7 +25,7 @@ def kill_supernode_after_round(out, round_number: int, index: int, stop: threadi
         return
     for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
         if "flower-supernode" in cmdline and f"partition-id={index} " in cmdline + " ":
