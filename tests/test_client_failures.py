@@ -3,10 +3,13 @@
 import json
 import time
 
+import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedpress.checkpoint import load_checkpoint
 from fedpress.config import load_config
+from fedpress.errors import FedpressError
 from fedpress.flower import client_app as honest
 from fedpress.flower import protocol
 from fedpress.flower.simulation import simulate
@@ -50,3 +53,34 @@ def test_hanging_client_is_timed_out_and_the_run_goes_on(tmp_path):
     )
     assert rounds[2]["clients_ok"] == 3
     assert summary["clients_failed_total"] == 1
+
+
+failing_app = ClientApp()
+failing_app.query()(honest.query)
+
+
+@failing_app.train()
+def train_then_fail(msg: Message, context: Context) -> Message:
+    server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
+    if int(context.node_config["partition-id"]) == 1 and server_round >= 2:
+        raise RuntimeError("this client is gone for good")
+    return honest.train(msg, context)
+
+
+def test_too_few_replies_stop_the_run_cleanly_with_its_checkpoint(tmp_path):
+    config = load_config(
+        None,
+        [
+            "model=tiny-llama",
+            "num_clients=2",
+            "rounds=3",
+            "train.local_steps=1",
+            "data.builtin_size=400",
+            "federation.min_replies=2",
+            "federation.on_too_few=stop",
+        ],
+    )
+    with pytest.raises(FedpressError, match="round 2 got too few valid client replies"):
+        simulate(config, tmp_path / "run", client_app=failing_app)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint is not None and checkpoint[1]["round"] == 1
