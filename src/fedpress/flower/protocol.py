@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord
 
 from fedpress.codecs import Codec, PayloadError, build_codec, pack_payload, unpack_payload
 from fedpress.config import CodecOptions
+from fedpress.errors import FedpressError
 from fedpress.task import Shapes
 
 # Server -> client (train instruction).
@@ -72,8 +73,6 @@ def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
     try:
         return build_codec(name, error_feedback=feedback, **per_codec.get(name, {}))
     except ValueError as exc:
-        from fedpress.errors import FedpressError
-
         raise FedpressError(f"codec '{name}': {exc}") from None
 
 
