@@ -60,9 +60,9 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     # Optimizer steps per client per round (centralized: per round on the pooled data).
-    local_steps: int = 12
+    local_steps: int = 16
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 3e-3
     # constant | linear | cosine: over the whole run (rounds x local steps).
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
@@ -127,8 +127,8 @@ class RuntimeConfig:
 class RunConfig:
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
-    num_clients: int = 4
-    rounds: int = 4
+    num_clients: int = 3
+    rounds: int = 5
     seed: int = 0
     # What compresses client -> server updates and server -> client adapters (see fedpress.codecs).
     uplink_codec: str = "none"
