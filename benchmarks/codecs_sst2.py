@@ -64,19 +64,22 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    columns = [
-        ("codec", "uplink codec"),
-        ("MB_up", "uplink MB total"),
-        ("ratio", "vs fp32"),
-        ("accuracy_%", "test acc % (872)"),
-        ("eval_loss", "eval loss"),
-        ("codec_share_%", "codec % of round"),
-        ("wall_s", "wall s"),
-    ]
-    table = markdown_table(rows, columns)
+        # Save after every codec: a long benchmark that is cut short keeps what it measured.
+        table = markdown_table(rows, COLUMNS)
+        save(args.name, {"args": vars(args), "rows": rows, "curves": curves}, table)
+        plot(curves, RESULTS / f"{args.name}_accuracy_vs_uplink.png")
     print(table)
-    save(args.name, {"args": vars(args), "rows": rows, "curves": curves}, table)
-    plot(curves, RESULTS / f"{args.name}_accuracy_vs_uplink.png")
+
+
+COLUMNS = [
+    ("codec", "uplink codec"),
+    ("MB_up", "uplink MB total"),
+    ("ratio", "vs fp32"),
+    ("accuracy_%", "test acc % (872)"),
+    ("eval_loss", "eval loss"),
+    ("codec_share_%", "codec % of round"),
+    ("wall_s", "wall s"),
+]
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], path) -> None:  # noqa: ANN001
