@@ -153,6 +153,9 @@ def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
             )
             twin.set_ylabel("accuracy", color="tab:orange")
             twin.set_ylim(0, 1)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
