@@ -51,13 +51,9 @@ def _literal(value: Any) -> str:
 
 def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
     """The same code path as `fedpress run`."""
-    if config.method == "centralized":
-        from fedpress.methods.centralized import run_centralized
+    from fedpress.runner import run_config
 
-        return run_centralized(config, out_dir)
-    from fedpress.flower.simulation import simulate
-
-    return simulate(config, out_dir)
+    return run_config(config, out_dir)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("config", help="print the resolved config as TOML")
     show.add_argument("config", nargs="?")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_report_commands(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "config":
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(load_config(args.config, args.overrides).to_toml(), end="")
             return 0
+        if args.command in REPORT_COMMANDS:
+            return REPORT_COMMANDS[args.command](args)
         return _run(args)
     except FedpressError as exc:
         print(f"fedpress: error: {exc}", file=sys.stderr)
@@ -62,29 +65,94 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         out_dir = Path(args.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet(args.verbose)
-    _preflight(config)
-    resume = bool(args.resume)
-    if config.method == "centralized":
-        from fedpress.methods.centralized import run_centralized
+    from fedpress.runner import preflight, run_config
 
-        summary = run_centralized(config, out_dir, resume=resume)
-    else:
-        from fedpress.flower.simulation import simulate
-
-        summary = simulate(config, out_dir, verbose=args.verbose, resume=resume)
+    preflight(config)
+    summary = run_config(config, out_dir, resume=bool(args.resume), verbose=args.verbose)
     from fedpress.reporting import format_summary_table
 
     print(format_summary_table(summary))
     return 0
 
 
-def _preflight(config) -> None:  # noqa: ANN001
-    """Fail fast, in this process, on what would otherwise fail inside every client."""
-    from fedpress.data import build_splits
-    from fedpress.models import config_of
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    """compare, report, eval, export: working with finished runs."""
+    compare = sub.add_parser("compare", help="run a matrix of configs and report them together")
+    compare.add_argument("matrix", help="matrix TOML: [base] config plus [[variant]] overrides")
+    compare.add_argument("--out", help="compare folder (default: runs/<matrix name>)")
+    compare.add_argument(
+        "--move-aside",
+        action="store_true",
+        help="rename variant folders that hold a different config instead of stopping",
+    )
+    compare.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+    report = sub.add_parser("report", help="rebuild report.md / report.html of a compare folder")
+    report.add_argument("folder")
+    evaluate = sub.add_parser("eval", help="multiple-choice accuracy on MMLU-layout CSVs")
+    evaluate.add_argument("target", help="run folder, or model alias / Hugging Face id / path")
+    evaluate.add_argument("--data", required=True, help="MMLU-layout CSV file or folder")
+    evaluate.add_argument("--dev", help="dev folder the k-shot examples come from")
+    evaluate.add_argument("--shots", type=int, default=0, help="examples per subject (k-shot)")
+    evaluate.add_argument("--limit", type=int, default=0, help="questions per subject (0 = all)")
+    evaluate.add_argument("--max-length", type=int, default=1024, help="tokens per prompt")
+    evaluate.add_argument("--batch-size", type=int, default=4)
+    evaluate.add_argument("--out", help="JSON result (default: <run>/mcq-<k>shot.json)")
+    export = sub.add_parser("export", help="the tuned model as a Hugging Face folder")
+    export.add_argument("run_folder")
+    mode = export.add_mutually_exclusive_group()
+    mode.add_argument("--merge", action="store_true", help="LoRA merged into the base (default)")
+    mode.add_argument("--adapter", action="store_true", help="a PEFT adapter folder")
+    export.add_argument("--out", required=True, help="folder to write")
 
-    config_of(config.model)
-    build_splits(config.data, config.num_clients, config.seed)
+
+def _compare(args: argparse.Namespace) -> int:
+    from fedpress.compare import run_matrix
+
+    quiet(args.verbose)
+    status = run_matrix(args.matrix, args.out, move_aside=args.move_aside, verbose=args.verbose)
+    failed = [v for v in status["variants"] if v["status"] == "failed"]
+    for variant in failed:
+        print(f"fedpress: variant '{variant['name']}' failed: {variant['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedpress.report import write_report
+
+    quiet()
+    markdown, html = write_report(Path(args.folder))
+    print(markdown.read_text())
+    print(f"written: {markdown} and {html}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fedpress.mcq_eval import run_mcq_eval
+
+    quiet()
+    run_mcq_eval(
+        args.target,
+        data=args.data,
+        dev=args.dev,
+        shots=args.shots,
+        limit=args.limit,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        out=args.out,
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fedpress.export import export_run
+
+    quiet()
+    folder = export_run(Path(args.run_folder), Path(args.out), merge=not args.adapter)
+    print(f"exported to {folder}")
+    return 0
+
+
+REPORT_COMMANDS = {"compare": _compare, "report": _report, "eval": _eval, "export": _export}
 
 
 def quiet(verbose: bool = False) -> None:
