@@ -1,0 +1,464 @@
+"""The report of a compare folder: `report.md` and a self-contained `report.html`.
+
+It reads only what every run writes (summary.json, metrics.jsonl, config.toml), as plain
+dicts, so methods added later appear without changes here and optional keys (`dp_epsilon`,
+per-client bytes) are shown where present. Plots are PNG files next to the report; the HTML
+page embeds them as base64, so it is one file with no external assets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedpress.errors import FedpressError
+
+MB = 1_000_000
+PLOTS = {
+    "curves.png": "Accuracy and eval loss against rounds",
+    "tradeoff.png": "Accuracy against cumulative uplink MB (the communication trade-off)",
+    "costs.png": "Client peak memory and bytes per client per round",
+}
+
+
+@dataclass
+class VariantResult:
+    name: str
+    status: str  # done | skipped | failed | running | pending | interrupted
+    error: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def method(self) -> str:
+        return str((self.summary or {}).get("method") or self.config.get("method", "?"))
+
+    @property
+    def federated(self) -> bool:
+        return any(r.get("bytes_up", 0) for r in self.rounds) or bool(
+            (self.summary or {}).get("bytes_up_total")
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_rounds(path: Path) -> list[dict[str, Any]]:
+    rounds = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rounds.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by a crash: the others still count
+    return [r for r in rounds if isinstance(r, dict) and "round" in r]
+
+
+def load_results(folder: Path) -> tuple[dict[str, Any], list[VariantResult]]:
+    """The compare header (compare.json) and one result per variant, in matrix order.
+
+    Without compare.json, every subfolder holding a run is a variant (by name)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FedpressError(f"compare folder not found: {folder}")
+    header = _read_json(folder / "compare.json") or {}
+    entries = header.get("variants") or [
+        {"name": p.name, "status": ""}
+        for p in sorted(folder.iterdir())
+        if (p / "summary.json").is_file() or (p / "config.toml").is_file()
+    ]
+    if not entries:
+        raise FedpressError(f"{folder} holds no runs (no compare.json, no run folders)")
+    results = []
+    for entry in entries:
+        run = folder / entry["name"]
+        summary = _read_json(run / "summary.json")
+        try:
+            config = tomllib.loads((run / "config.toml").read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            config = (summary or {}).get("config") or {}
+        status = entry.get("status") or ("done" if summary else "incomplete")
+        results.append(
+            VariantResult(
+                name=entry["name"],
+                status=status,
+                error=entry.get("error", ""),
+                config=config,
+                summary=summary,
+                rounds=_read_rounds(run / "metrics.jsonl"),
+                overrides=entry.get("overrides", {}),
+            )
+        )
+    return header, results
+
+
+def reference_of(header: dict[str, Any], results: list[VariantResult]) -> VariantResult | None:
+    """The variant compression ratios refer to: named in the matrix, else the first finished
+    LoRA-FedAvg run with no codec on either link."""
+    by_name = {r.name: r for r in results if r.finished}
+    if header.get("reference"):
+        return by_name.get(header["reference"])
+    for result in by_name.values():
+        c = result.config
+        if (
+            result.method == "lora-fedavg"
+            and c.get("uplink_codec", "none") == "none"
+            and c.get("downlink_codec", "none") == "none"
+        ):
+            return result
+    return None
+
+
+def codec_label(result: VariantResult) -> str:
+    if not result.federated:
+        return "-"
+    c = result.config
+    uplink = str(c.get("uplink_codec", "none"))
+    autoencoder = c.get("autoencoder")
+    if isinstance(autoencoder, dict) and autoencoder.get("arch"):
+        uplink = f"AE {autoencoder['arch']}"  # cg-fedllm: the learned codec
+    return f"{uplink} / {c.get('downlink_codec', 'none')}"
+
+
+def per_client_round_mb(result: VariantResult, key: str) -> float | None:
+    """Mean bytes one client sends (`bytes_up_per_client`) or receives per round, in MB."""
+    values = [b for r in result.rounds if r.get("round", 0) > 0 for b in r.get(key) or []]
+    return sum(values) / len(values) / MB if values else None
+
+
+def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[dict[str, str]]:
+    """One row of display strings per finished variant."""
+    reference = reference_of(header, results)
+    ref_up = (reference.summary or {}).get("bytes_up_total", 0) if reference else 0
+    show_dp = any((r.summary or {}).get("dp_epsilon") is not None for r in results)
+    rows = []
+    for r in results:
+        if not r.finished:
+            continue
+        s = r.summary or {}
+        acc = s.get("final_accuracy")
+        up, down = s.get("bytes_up_total", 0), s.get("bytes_down_total", 0)
+        ratio = "-"
+        if r.federated and up and ref_up:
+            ratio = "1x (ref)" if r is reference else f"{ref_up / up:.1f}x"
+        per_up = per_client_round_mb(r, "bytes_up_per_client")
+        per_down = per_client_round_mb(r, "bytes_down_per_client")
+        row = {
+            "variant": r.name,
+            "method": r.method,
+            "codec (up / down)": codec_label(r),
+            "accuracy %": "n/a" if acc is None else f"{100 * acc:.2f}",
+            "eval loss": _fmt(s.get("final_eval_loss"), "{:.4f}"),
+            "MB up": f"{up / MB:.3f}",
+            "MB down": f"{down / MB:.3f}",
+            "uplink ratio": ratio,
+            "MB up / client / round": _fmt(per_up, "{:.3f}"),
+            "MB down / client / round": _fmt(per_down, "{:.3f}"),
+            "client peak mem MB": _fmt((s.get("client_peak_mem_bytes") or 0) / MB, "{:.0f}"),
+            "wall s": _fmt(s.get("wall_s"), "{:.0f}"),
+        }
+        if show_dp:
+            eps = s.get("dp_epsilon")
+            row["DP epsilon"] = (
+                "-" if eps is None else f"{eps:.2f} (delta {s.get('dp_delta', 0):.0e})"
+            )
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return pattern.format(value)
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "_No variant finished yet._"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _colors(results: list[VariantResult]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(results) <= 10 else "tab20"]
+    return {r.name: cmap(i % cmap.N) for i, r in enumerate(results)}
+
+
+def _has_accuracy(results: list[VariantResult]) -> bool:
+    return any(r.get("accuracy") is not None for v in results for r in v.rounds)
+
+
+def plot_curves(results: list[VariantResult], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    colors = _colors(results)
+    has_acc = _has_accuracy(results)
+    panels = ["accuracy", "eval_loss"] if has_acc else ["eval_loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        for r in results:
+            points = [(x["round"], x.get(key)) for x in r.rounds if x.get(key) is not None]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            scale = 100 if key == "accuracy" else 1
+            ax.plot(xs, [y * scale for y in ys], "o-", color=colors[r.name], label=r.name, lw=1.8)
+        ax.set_xlabel("round")
+        ax.set_ylabel("accuracy % (per-round eval subset)" if key == "accuracy" else "eval loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
+    """Per-round points of each federated variant; methods that send nothing (centralized)
+    and the untrained start are horizontal reference lines."""
+    import matplotlib.pyplot as plt
+
+    colors = _colors(results)
+    key = "accuracy" if _has_accuracy(results) else "eval_loss"
+    scale = 100 if key == "accuracy" else 1
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    start = next(
+        (x.get(key) for r in results for x in r.rounds if x["round"] == 0 and x.get(key)), None
+    )
+    if start is not None:
+        ax.axhline(start * scale, color="0.5", ls=":", lw=1.2, label="before training (round 0)")
+    for r in results:
+        points = [
+            (x.get("cum_bytes_up", 0) / MB, x[key] * scale)
+            for x in r.rounds
+            if x["round"] > 0 and x.get(key) is not None
+        ]
+        if not points:
+            continue
+        if not r.federated:
+            ax.axhline(
+                points[-1][1], color=colors[r.name], ls="--", lw=1.5, label=f"{r.name} (no uplink)"
+            )
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, "o-", color=colors[r.name], label=r.name, lw=1.8)
+        ax.annotate(
+            f"{ys[-1]:.1f}" if key == "accuracy" else f"{ys[-1]:.3f}",
+            (xs[-1], ys[-1]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+            color=colors[r.name],
+        )
+    if any(r.federated for r in results):
+        ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink MB, all clients (log scale)")
+    ax.set_ylabel("accuracy % (per-round eval subset)" if key == "accuracy" else "eval loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_costs(results: list[VariantResult], path: Path) -> None:
+    """Horizontal bars, one row per variant, the value written at the end of each bar."""
+    import matplotlib.pyplot as plt
+
+    finished = [r for r in results if r.finished]
+    names = [r.name for r in finished]
+    mem = [(r.summary or {}).get("client_peak_mem_bytes", 0) / MB for r in finished]
+    up = [per_client_round_mb(r, "bytes_up_per_client") or 0.0 for r in finished]
+    down = [per_client_round_mb(r, "bytes_down_per_client") or 0.0 for r in finished]
+    height = max(2.6, 0.45 * len(names) + 1.2)
+    fig, (ax_mem, ax_bytes) = plt.subplots(1, 2, figsize=(12, height), sharey=True)
+    ys = list(range(len(names)))
+    bars = ax_mem.barh(ys, mem, color="tab:purple")
+    ax_mem.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+    ax_mem.set_xlabel("client peak memory, MB")
+    ax_mem.set_yticks(ys, names)
+    ax_mem.invert_yaxis()
+    width = 0.4
+    b_up = ax_bytes.barh([y - width / 2 for y in ys], up, width, label="up", color="tab:blue")
+    b_down = ax_bytes.barh(
+        [y + width / 2 for y in ys], down, width, label="down", color="tab:orange"
+    )
+    ax_bytes.bar_label(b_up, fmt="%.3g", fontsize=8, padding=2)
+    ax_bytes.bar_label(b_down, fmt="%.3g", fontsize=8, padding=2)
+    ax_bytes.set_xlabel("MB per client per round")
+    ax_bytes.legend(fontsize=8, loc="lower right")
+    for ax, values in ((ax_mem, mem), (ax_bytes, up + down)):
+        ax.set_xlim(0, max(values + [1e-9]) * 1.22)  # room for the labels
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
+    reference = reference_of(header, results)
+    eval_sizes = sorted({(r.summary or {}).get("final_eval_examples") for r in results} - {None})
+    notes = [
+        "MB = 10^6 bytes, counted from the Flower messages actually sent "
+        "(all clients, all rounds).",
+        "Uplink ratio = uplink bytes of the reference variant"
+        + (f" (`{reference.name}`)" if reference else " (none finished)")
+        + " / this variant's.",
+        "Client peak memory: the client process's peak RSS (CUDA allocator peak on GPU).",
+    ]
+    if eval_sizes:
+        notes.append(
+            "Final accuracy and loss on the full eval split ("
+            + ", ".join(str(n) for n in eval_sizes)
+            + " examples); the curves use the per-round eval subset."
+        )
+    return notes
+
+
+def _problems(results: list[VariantResult]) -> list[str]:
+    lines = []
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"`{r.name}` failed: {r.error or 'see its error.log'}")
+        elif not r.finished:
+            lines.append(f"`{r.name}` has no result yet (status: {r.status}).")
+    return lines
+
+
+def _variant_lines(results: list[VariantResult]) -> list[str]:
+    lines = []
+    for r in results:
+        keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in r.overrides.items()) or "(base)"
+        lines.append(f"`{r.name}` ({r.status}): {keys}")
+    return lines
+
+
+def write_report(folder: Path) -> tuple[Path, Path]:
+    """Write the plots, report.md and report.html into the compare folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = Path(folder)
+    header, results = load_results(folder)
+    plotted = [r for r in results if r.rounds]
+    plots: dict[str, str] = {}
+    if plotted:
+        plot_curves(plotted, folder / "curves.png")
+        plot_tradeoff(plotted, folder / "tradeoff.png")
+        if any(r.finished for r in plotted):
+            plot_costs(plotted, folder / "costs.png")
+        plots = {name: caption for name, caption in PLOTS.items() if (folder / name).is_file()}
+    rows = summary_rows(header, results)
+    title = header.get("title") or folder.name
+    description = header.get("description", "")
+    notes, problems, variants = _notes(header, results), _problems(results), _variant_lines(results)
+
+    md = [f"# {title}", ""]
+    if description:
+        md += [description, ""]
+    md += ["## Summary", "", markdown_table(rows), ""]
+    md += [f"- {n}" for n in notes] + [""]
+    if problems:
+        md += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
+    md += ["## Plots", ""]
+    for name, caption in plots.items():
+        md += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    md += ["## Variants", ""] + [f"- {v}" for v in variants] + [""]
+    markdown_path = folder / "report.md"
+    markdown_path.write_text("\n".join(md))
+
+    html_path = folder / "report.html"
+    html_path.write_text(_html(title, description, rows, notes, problems, plots, variants, folder))
+    return markdown_path, html_path
+
+
+def _inline_code(text: str) -> str:
+    """Escape, then show `x` as <code>x</code> (the only markup the notes use)."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html(
+    title: str,
+    description: str,
+    rows: list[dict[str, str]],
+    notes: list[str],
+    problems: list[str],
+    plots: dict[str, str],
+    variants: list[str],
+    folder: Path,
+) -> str:
+    esc = html.escape
+    if rows:
+        head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+        body = "".join(
+            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row.values()) + "</tr>" for row in rows
+        )
+        table = f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    else:
+        table = "<p><em>No variant finished yet.</em></p>"
+    figures = "".join(
+        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode((folder / name).read_bytes()).decode()}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        for name, caption in plots.items()
+    )
+
+    def items(lines: list[str]) -> str:
+        return "<ul>" + "".join(f"<li>{_inline_code(line)}</li>" for line in lines) + "</ul>"
+
+    problem_html = f"<h2>Problems</h2>{items(problems)}" if problems else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222;
+        padding: 0 1em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f0f0f0; }}
+td:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+tr:nth-child(even) td {{ background: #fafafa; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+figcaption {{ color: #555; font-size: 0.9em; }}
+code {{ background: #f4f4f4; padding: 0 3px; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<p>{esc(description)}</p>
+<h2>Summary</h2>
+{table}
+{items(notes)}
+{problem_html}
+<h2>Plots</h2>
+{figures}
+<h2>Variants</h2>
+{items(variants)}
+</body></html>
+"""
