@@ -3,5 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# The report test renders HTML in Debian's headless Chromium; installed once, skipped if impossible.
+if [ ! -x /usr/bin/chromium ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium) \
+    || echo "chromium could not be installed: the browser test will be skipped" >&2
+fi
 python3 -m ruff check src tests benchmarks
 python3 -m pytest -q "$@"

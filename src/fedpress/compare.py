@@ -274,6 +274,10 @@ def run_matrix(
         entry["status"] = "running"
         _write_json(out / STATUS_FILE, status)
         started = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.toml").is_file():
+            # Marks the folder as this variant's even if the run fails before writing anything.
+            variant.config.save(folder / "config.toml")
         try:
             run_config(variant.config, folder, resume=state == "resume", verbose=verbose)
             entry["status"] = "done"
@@ -284,7 +288,6 @@ def run_matrix(
         except Exception as exc:  # noqa: BLE001 - one failing variant must not stop the others
             entry["status"] = "failed"
             entry["error"] = _one_line(exc)
-            folder.mkdir(parents=True, exist_ok=True)
             (folder / "error.log").write_text(traceback.format_exc())
             tqdm.write(f"{variant.name}: FAILED: {entry['error']} (traceback in error.log)")
         entry["wall_s"] = time.perf_counter() - started

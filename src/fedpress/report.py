@@ -208,6 +208,14 @@ def _colors(results: list[VariantResult]) -> dict[str, Any]:
     return {r.name: cmap(i % cmap.N) for i, r in enumerate(results)}
 
 
+MARKERS = "osD^v<>pP*hX"
+
+
+def _markers(results: list[VariantResult]) -> dict[str, str]:
+    """Lines that coincide (round 0 is the same for every variant) stay distinguishable."""
+    return {r.name: MARKERS[i % len(MARKERS)] for i, r in enumerate(results)}
+
+
 def _has_accuracy(results: list[VariantResult]) -> bool:
     return any(r.get("accuracy") is not None for v in results for r in v.rounds)
 
@@ -216,7 +224,7 @@ def plot_curves(results: list[VariantResult], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    colors = _colors(results)
+    colors, markers = _colors(results), _markers(results)
     has_acc = _has_accuracy(results)
     panels = ["accuracy", "eval_loss"] if has_acc else ["eval_loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
@@ -227,7 +235,15 @@ def plot_curves(results: list[VariantResult], path: Path) -> None:
                 continue
             xs, ys = zip(*points, strict=True)
             scale = 100 if key == "accuracy" else 1
-            ax.plot(xs, [y * scale for y in ys], "o-", color=colors[r.name], label=r.name, lw=1.8)
+            ax.plot(
+                xs,
+                [y * scale for y in ys],
+                f"{markers[r.name]}-",
+                color=colors[r.name],
+                label=r.name,
+                lw=1.8,
+                alpha=0.85,
+            )
         ax.set_xlabel("round")
         ax.set_ylabel("accuracy % (per-round eval subset)" if key == "accuracy" else "eval loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -243,7 +259,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
     and the untrained start are horizontal reference lines."""
     import matplotlib.pyplot as plt
 
-    colors = _colors(results)
+    colors, markers = _colors(results), _markers(results)
     key = "accuracy" if _has_accuracy(results) else "eval_loss"
     scale = 100 if key == "accuracy" else 1
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -266,7 +282,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
             )
             continue
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "o-", color=colors[r.name], label=r.name, lw=1.8)
+        ax.plot(xs, ys, f"{markers[r.name]}-", color=colors[r.name], label=r.name, lw=1.8)
         ax.annotate(
             f"{ys[-1]:.1f}" if key == "accuracy" else f"{ys[-1]:.3f}",
             (xs[-1], ys[-1]),
@@ -443,6 +459,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px;
         padding: 0 1em; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+td {{ white-space: nowrap; }}
 th {{ background: #f0f0f0; }}
 td:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
 tr:nth-child(even) td {{ background: #fafafa; }}

@@ -1,0 +1,128 @@
+"""The compare report reads run folders as plain files: methods added later, DP runs and runs
+without accuracy appear with no change to the reader."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fedpress.errors import FedpressError
+from fedpress.report import load_results, summary_rows, write_report
+
+MB = 1_000_000
+
+
+def fake_run(
+    folder: Path,
+    method: str,
+    up_per_client: int,
+    accuracy: float | None = 0.8,
+    toml_extra: str = "",
+    summary_extra: dict | None = None,
+) -> None:
+    """A run folder as RunRecorder writes it: 2 clients, 2 rounds."""
+    folder.mkdir(parents=True)
+    up = up_per_client if method != "centralized" else 0
+    rounds = []
+    for r in range(3):
+        per_client = [up, up] if r else []
+        rounds.append(
+            {
+                "round": r,
+                "eval_loss": 1.0 - 0.1 * r,
+                "accuracy": None if accuracy is None else accuracy - 0.05 * (2 - r),
+                "bytes_up": sum(per_client),
+                "bytes_down": sum(per_client),
+                "bytes_up_per_client": per_client,
+                "bytes_down_per_client": per_client,
+                "cum_bytes_up": 2 * up * r,
+            }
+        )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (folder / "config.toml").write_text(f'method = "{method}"\n{toml_extra}')
+    summary = {
+        "method": method,
+        "final_accuracy": accuracy,
+        "final_eval_loss": 0.8,
+        "final_eval_examples": 872,
+        "bytes_up_total": 4 * up,
+        "bytes_down_total": 4 * up,
+        "client_peak_mem_bytes": 900 * MB,
+        "wall_s": 12.0,
+        **(summary_extra or {}),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    fake_run(tmp_path / "lora", "lora-fedavg", 4 * MB)
+    fake_run(tmp_path / "lora-int8", "lora-fedavg", MB, toml_extra='uplink_codec = "int8"\n')
+    fake_run(tmp_path / "central", "centralized", 0)
+    fake_run(
+        tmp_path / "ae",
+        "cg-fedllm",
+        MB // 16,
+        toml_extra='[autoencoder]\narch = "uformer1"\n',
+        summary_extra={"dp_epsilon": 7.9, "dp_delta": 1e-5},
+    )
+    # A method this fedpress does not know, with a section and keys it has never seen.
+    fake_run(tmp_path / "cybgd", "fedcybgd", 2 * MB, toml_extra='[cybgd]\nallocation = "random"\n')
+    variants = [
+        {"name": n, "status": "done", "overrides": {}}
+        for n in ("central", "lora", "lora-int8", "ae", "cybgd")
+    ]
+    variants.append({"name": "crashed", "status": "failed", "error": "RuntimeError: boom"})
+    (tmp_path / "compare.json").write_text(json.dumps({"title": "T", "variants": variants}))
+    return tmp_path
+
+
+def test_table_has_ratios_dp_and_unknown_methods(folder):
+    header, results = load_results(folder)
+    rows = {row["variant"]: row for row in summary_rows(header, results)}
+    assert list(rows) == ["central", "lora", "lora-int8", "ae", "cybgd"]
+    assert rows["lora"]["uplink ratio"] == "1x (ref)"  # the uncompressed LoRA-FedAvg run
+    assert rows["lora-int8"]["uplink ratio"] == "4.0x"
+    assert rows["ae"]["uplink ratio"] == "64.0x"
+    assert rows["central"]["uplink ratio"] == "-" and rows["central"]["codec (up / down)"] == "-"
+    assert rows["lora-int8"]["codec (up / down)"] == "int8 / none"
+    assert rows["ae"]["codec (up / down)"] == "AE uformer1 / none"
+    assert rows["ae"]["DP epsilon"] == "7.90 (delta 1e-05)" and rows["lora"]["DP epsilon"] == "-"
+    assert rows["cybgd"]["method"] == "fedcybgd"
+    assert rows["lora"]["MB up / client / round"] == "4.000"
+    assert rows["lora"]["accuracy %"] == "80.00" and rows["lora"]["client peak mem MB"] == "900"
+
+
+def test_markdown_and_self_contained_html(folder):
+    markdown, page = write_report(folder)
+    md = markdown.read_text()
+    assert "| variant | method | codec (up / down) | accuracy % |" in md
+    assert "| lora-int8 | lora-fedavg | int8 / none | 80.00 |" in md
+    assert "`crashed` failed: RuntimeError: boom" in md
+    for name in ("curves.png", "tradeoff.png", "costs.png"):
+        assert f"]({name})" in md and (folder / name).stat().st_size > 10_000
+    html = page.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 3
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in images)
+    assert not re.search(r'(src|href)="(https?:|//|[^"#d])', html)  # no external assets
+    assert html.count("<tr>") == 1 + 5  # header + one row per finished variant
+
+
+def test_runs_without_accuracy_or_compare_json(tmp_path):
+    """An Alpaca-like compare (loss only), rebuilt from the run folders alone."""
+    fake_run(tmp_path / "a", "lora-fedavg", MB, accuracy=None)
+    fake_run(tmp_path / "b", "centralized", 0, accuracy=None)
+    markdown, _ = write_report(tmp_path)
+    md = markdown.read_text()
+    assert "| a | lora-fedavg | none / none | n/a | 0.8000 |" in md
+    assert (tmp_path / "tradeoff.png").is_file()
+
+
+def test_an_empty_folder_is_a_user_error(tmp_path):
+    with pytest.raises(FedpressError, match="holds no runs"):
+        write_report(tmp_path)
