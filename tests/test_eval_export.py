@@ -1,0 +1,195 @@
+"""`fedpress export` and `fedpress eval` on a real tiny LoRA run.
+
+The exported folders are loaded in a fresh interpreter with plain transformers / peft (no
+fedpress import) and must give the same logits as the tuned model inside fedpress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedpress.config import load_config
+from fedpress.data import load_mcq_csv
+from fedpress.errors import FedpressError
+from fedpress.export import export_run, load_run
+from fedpress.mcq_eval import run_mcq_eval, with_shots
+from fedpress.models import load_base_model
+from fedpress.runner import run_config
+
+INPUT_IDS = [[1, 504, 3219, 314, 253, 1345, 30, 198, 32, 25, 3020]]
+LOAD_AND_SCORE = """
+import json, sys
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+mode, folder, out, ids = sys.argv[1:]
+if mode == "adapter":
+    from peft import PeftModel
+    base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
+    model = PeftModel.from_pretrained(base, folder)
+else:
+    model = AutoModelForCausalLM.from_pretrained(folder)
+with torch.no_grad():
+    logits = model.eval()(input_ids=torch.tensor(json.loads(ids))).logits
+assert "fedpress" not in sys.modules
+save_file({"logits": logits.contiguous()}, out)
+"""
+
+
+def logits_elsewhere(mode: str, folder: Path, tmp_path: Path) -> torch.Tensor:
+    out = tmp_path / f"{mode}-logits.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_SCORE, mode, str(folder), str(out), json.dumps(INPUT_IDS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_file(str(out))["logits"]
+
+
+def logits_here(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(input_ids=torch.tensor(INPUT_IDS)).logits
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    config = load_config(
+        None,
+        [
+            "model=tiny-llama",
+            "method=centralized",
+            "num_clients=2",
+            "rounds=1",
+            "train.local_steps=3",
+            "train.lr=0.01",
+            "data.builtin_size=100",
+            "data.eval_size=16",
+            "eval.per_round_examples=8",
+        ],
+    )
+    run_config(config, out)
+    return out
+
+
+def test_exported_lora_loads_without_fedpress_with_the_same_logits(lora_run, tmp_path):
+    tuned = logits_here(load_run(lora_run).model)
+    base = logits_here(load_base_model("tiny-llama", load_config(lora_run / "config.toml").runtime))
+    assert (tuned - base).abs().max() > 1e-3  # the adapter changes the model
+
+    merged = export_run(lora_run, tmp_path / "merged", merge=True)
+    assert (merged / "config.json").is_file() and (merged / "tokenizer.json").is_file()
+    torch.testing.assert_close(logits_elsewhere("merged", merged, tmp_path), tuned)
+
+    adapter = export_run(lora_run, tmp_path / "adapter", merge=False)
+    keys = load_file(str(adapter / "adapter_model.safetensors"))
+    assert keys and all(".default." not in k and "lora_" in k for k in keys)  # PEFT's names
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    torch.testing.assert_close(logits_elsewhere("adapter", adapter, tmp_path), tuned)
+
+
+def test_full_parameter_run_exports_as_a_model_folder(lora_run, tmp_path):
+    """A full-parameter method saves the whole state dict as model.safetensors."""
+    run = tmp_path / "full-run"
+    run.mkdir()
+    shutil.copy(lora_run / "config.toml", run / "config.toml")
+    model = load_base_model("tiny-llama", load_config(run / "config.toml").runtime)
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        k: v + 0.01 * torch.randn(v.shape, generator=generator)
+        for k, v in model.state_dict().items()
+    }
+    save_file({k: v.contiguous() for k, v in state.items()}, str(run / "model.safetensors"))
+    model.load_state_dict(state)
+    loaded = load_run(run)
+    assert loaded.kind == "full"
+    torch.testing.assert_close(logits_here(loaded.model), logits_here(model))
+    folder = export_run(run, tmp_path / "out")
+    torch.testing.assert_close(logits_elsewhere("merged", folder, tmp_path), logits_here(model))
+
+
+def test_export_refuses_to_overwrite_and_needs_tuned_weights(lora_run, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    with pytest.raises(FedpressError, match="not empty"):
+        export_run(lora_run, tmp_path / "busy")
+    empty = tmp_path / "unfinished"
+    empty.mkdir()
+    shutil.copy(lora_run / "config.toml", empty / "config.toml")
+    with pytest.raises(FedpressError, match="neither adapter.safetensors nor model.safetensors"):
+        export_run(empty, tmp_path / "out")
+
+
+@pytest.fixture
+def mmlu_subset(shared_data, tmp_path) -> Path:
+    folder = tmp_path / "mmlu"
+    folder.mkdir()
+    for subject in ("anatomy", "astronomy"):
+        shutil.copy(shared_data / "mmlu" / "test" / f"{subject}_test.csv", folder)
+    return folder
+
+
+def test_k_shot_prompts_show_solved_dev_questions_of_the_same_subject(shared_data):
+    dev = load_mcq_csv(shared_data / "mmlu" / "dev")
+    test = load_mcq_csv(shared_data / "mmlu" / "test" / "anatomy_test.csv")[:2]
+    prompted = with_shots(test, dev, 3)
+    anatomy_dev = [d for d in dev if d.label == "anatomy"]
+    for original, example in zip(test, prompted, strict=True):
+        assert example.prompt.startswith("The following are multiple choice questions")
+        assert "about anatomy." in example.prompt and example.prompt.endswith(original.prompt)
+        for solved in anatomy_dev[:3]:
+            assert f"{solved.prompt}{solved.answer}\n\n" in example.prompt
+        assert anatomy_dev[3].prompt not in example.prompt
+    with pytest.raises(FedpressError, match="has 5 questions of .anatomy., 6-shot needs 6"):
+        with_shots(test, dev, 6)
+
+
+def test_eval_cli_zero_and_k_shot(lora_run, mmlu_subset, shared_data, tmp_path):
+    zero = run_mcq_eval(str(lora_run), data=str(mmlu_subset), limit=4, show=False)
+    assert zero["questions"] == 8 and set(zero["subjects"]) == {"anatomy", "astronomy"}
+    assert json.loads((lora_run / "mcq-0shot.json").read_text())["questions"] == 8
+    per_subject = [s["accuracy"] * s["questions"] for s in zero["subjects"].values()]
+    assert zero["overall_accuracy"] == pytest.approx(sum(per_subject) / 8)
+    out = tmp_path / "two.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedpress.cli",
+            "eval",
+            str(lora_run),
+            "--data",
+            str(mmlu_subset),
+            "--dev",
+            str(shared_data / "mmlu" / "dev"),
+            "--shots",
+            "2",
+            "--limit",
+            "4",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "overall (micro)" in result.stdout and "anatomy" in result.stdout
+    two = json.loads(out.read_text())
+    assert two["shots"] == 2 and two["questions"] == 8 and 0.0 <= two["overall_accuracy"] <= 1.0
+    missing = subprocess.run(
+        [sys.executable, "-m", "fedpress.cli", "eval", "tiny-llama", "--data", "nowhere.csv"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "data not found" in missing.stderr
