@@ -403,7 +403,7 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     md += ["## Summary", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes] + [""]
     if problems:
-        md += ["## Problems", ""] + [f"- {p}" for p in problems] + [""]
+        md += ["## Failed or unfinished", ""] + [f"- {p}" for p in problems] + [""]
     md += ["## Plots", ""]
     for name, caption in plots.items():
         md += [f"### {caption}", "", f"![{caption}]({name})", ""]
@@ -438,7 +438,10 @@ def _html(
         body = "".join(
             "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row.values()) + "</tr>" for row in rows
         )
-        table = f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        table = (
+            f'<div class="wide"><table id="summary"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
     else:
         table = "<p><em>No variant finished yet.</em></p>"
     figures = "".join(
@@ -451,7 +454,7 @@ def _html(
     def items(lines: list[str]) -> str:
         return "<ul>" + "".join(f"<li>{_inline_code(line)}</li>" for line in lines) + "</ul>"
 
-    problem_html = f"<h2>Problems</h2>{items(problems)}" if problems else ""
+    problem_html = f"<h2>Failed or unfinished</h2>{items(problems)}" if problems else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -460,6 +463,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px;
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 td {{ white-space: nowrap; }}
+.wide {{ overflow-x: auto; }}
 th {{ background: #f0f0f0; }}
 td:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
 tr:nth-child(even) td {{ background: #fafafa; }}
