@@ -291,9 +291,17 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
             fontsize=7,
             color=colors[r.name],
         )
-    if any(r.federated for r in results):
+    spread = [x.get("cum_bytes_up", 0) for r in results if r.federated for x in r.rounds]
+    spread = [b for b in spread if b > 0]
+    log_scale = bool(spread) and max(spread) / min(spread) > 20  # codecs apart by orders
+    if log_scale:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
-    ax.set_xlabel("cumulative uplink MB, all clients (log scale)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    scale_note = " (log scale)" if log_scale else ""
+    ax.set_xlabel(f"cumulative uplink MB, all clients{scale_note}")
     ax.set_ylabel("accuracy % (per-round eval subset)" if key == "accuracy" else "eval loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
