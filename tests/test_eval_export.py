@@ -29,30 +29,34 @@ import json, sys
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
-mode, folder, out, ids = sys.argv[1:]
-if mode == "adapter":
-    from peft import PeftModel
-    base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
-    model = PeftModel.from_pretrained(base, folder)
-else:
-    model = AutoModelForCausalLM.from_pretrained(folder)
-with torch.no_grad():
-    logits = model.eval()(input_ids=torch.tensor(json.loads(ids))).logits
+ids = torch.tensor(json.loads(sys.argv[1]))
+for mode, folder, out in zip(*[iter(sys.argv[2:])] * 3):
+    if mode == "adapter":
+        from peft import PeftModel
+        base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
+        model = PeftModel.from_pretrained(base, folder)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        logits = model.eval()(input_ids=ids).logits
+    save_file({"logits": logits.contiguous()}, out)
 assert "fedpress" not in sys.modules
-save_file({"logits": logits.contiguous()}, out)
 """
 
 
-def logits_elsewhere(mode: str, folder: Path, tmp_path: Path) -> torch.Tensor:
-    out = tmp_path / f"{mode}-logits.safetensors"
+def logits_elsewhere(exports: dict[str, Path], tmp_path: Path) -> dict[str, torch.Tensor]:
+    """Logits of each exported folder (mode -> folder), computed in one fresh interpreter."""
+    args = []
+    for mode, folder in exports.items():
+        args += [mode, str(folder), str(tmp_path / f"{mode}-logits.safetensors")]
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_SCORE, mode, str(folder), str(out), json.dumps(INPUT_IDS)],
+        [sys.executable, "-c", LOAD_AND_SCORE, json.dumps(INPUT_IDS), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return load_file(str(out))["logits"]
+    return {m: load_file(str(tmp_path / f"{m}-logits.safetensors"))["logits"] for m in exports}
 
 
 def logits_here(model: torch.nn.Module) -> torch.Tensor:
@@ -88,13 +92,13 @@ def test_exported_lora_loads_without_fedpress_with_the_same_logits(lora_run, tmp
 
     merged = export_run(lora_run, tmp_path / "merged", merge=True)
     assert (merged / "config.json").is_file() and (merged / "tokenizer.json").is_file()
-    torch.testing.assert_close(logits_elsewhere("merged", merged, tmp_path), tuned)
-
     adapter = export_run(lora_run, tmp_path / "adapter", merge=False)
     keys = load_file(str(adapter / "adapter_model.safetensors"))
     assert keys and all(".default." not in k and "lora_" in k for k in keys)  # PEFT's names
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    torch.testing.assert_close(logits_elsewhere("adapter", adapter, tmp_path), tuned)
+    elsewhere = logits_elsewhere({"merged": merged, "adapter": adapter}, tmp_path)
+    torch.testing.assert_close(elsewhere["merged"], tuned)
+    torch.testing.assert_close(elsewhere["adapter"], tuned)
 
 
 def test_full_parameter_run_exports_as_a_model_folder(lora_run, tmp_path):
@@ -114,7 +118,8 @@ def test_full_parameter_run_exports_as_a_model_folder(lora_run, tmp_path):
     assert loaded.kind == "full"
     torch.testing.assert_close(logits_here(loaded.model), logits_here(model))
     folder = export_run(run, tmp_path / "out")
-    torch.testing.assert_close(logits_elsewhere("merged", folder, tmp_path), logits_here(model))
+    elsewhere = logits_elsewhere({"merged": folder}, tmp_path)["merged"]
+    torch.testing.assert_close(elsewhere, logits_here(model))
 
 
 def test_export_refuses_to_overwrite_and_needs_tuned_weights(lora_run, tmp_path):
@@ -186,10 +191,12 @@ def test_eval_cli_zero_and_k_shot(lora_run, mmlu_subset, shared_data, tmp_path):
     assert "overall (micro)" in result.stdout and "anatomy" in result.stdout
     two = json.loads(out.read_text())
     assert two["shots"] == 2 and two["questions"] == 8 and 0.0 <= two["overall_accuracy"] <= 1.0
-    missing = subprocess.run(
-        [sys.executable, "-m", "fedpress.cli", "eval", "tiny-llama", "--data", "nowhere.csv"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert missing.returncode == 2 and "data not found" in missing.stderr
+
+
+def test_eval_mistakes_are_one_line_errors(capsys):
+    from fedpress.cli import main
+
+    assert main(["eval", "tiny-llama", "--data", "nowhere.csv"]) == 2
+    assert "data not found: nowhere.csv" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama", "--data", "nowhere.csv", "--shots", "2"]) == 2
+    assert "needs --dev" in capsys.readouterr().err
