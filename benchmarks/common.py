@@ -55,6 +55,10 @@ def run(config: RunConfig, out_dir: Path) -> dict[str, Any]:
         from fedpress.methods.centralized import run_centralized
 
         return run_centralized(config, out_dir)
+    if config.method in ("centralized-full", "centralized-cyclic"):
+        from fedpress.methods.centralized_full import CENTRALIZED_FULL
+
+        return CENTRALIZED_FULL[config.method](config, out_dir)
     from fedpress.flower.simulation import simulate
 
     return simulate(config, out_dir)

@@ -68,6 +68,10 @@ def _run(args: argparse.Namespace) -> int:
         from fedpress.methods.centralized import run_centralized
 
         summary = run_centralized(config, out_dir, resume=resume)
+    elif config.method in ("centralized-full", "centralized-cyclic"):
+        from fedpress.methods.centralized_full import CENTRALIZED_FULL
+
+        summary = CENTRALIZED_FULL[config.method](config, out_dir, resume=resume)
     else:
         from fedpress.flower.simulation import simulate
 
