@@ -88,8 +88,14 @@ def run_centralized_cyclic(config: RunConfig, out_dir: Path, resume: bool = Fals
         )
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     weights = "adapter.safetensors" if config.cybgd.peft else "model.safetensors"
+    steps = config.rounds * len(turns) * config.train.local_steps
     return recorder.finish(
-        _state(task), final.loss, final.accuracy, final.examples, weights_file=weights
+        _state(task),
+        final.loss,
+        final.accuracy,
+        final.examples,
+        extra={"client_steps_total": steps},
+        weights_file=weights,
     )
 
 
