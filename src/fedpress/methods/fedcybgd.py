@@ -607,6 +607,9 @@ def client_train(msg: Message, context: Context, config: RunConfig) -> Message:
                 task.model,
                 view.blocks.get(b.index) or {n: task.initial_adapter[n] for n in b.params},
             )
+        if not config.cybgd.delta_sync:
+            view.blocks.clear()  # nothing is kept between turns without delta sync
+        del tensors
     result, delta, peak = train_block(
         task, layout, block, data, turn, turn_seed(config, turn, partition_id), dropped
     )
