@@ -20,7 +20,14 @@ from typing import Any
 
 from fedpress.errors import FedpressError
 
-METHODS = ("centralized", "lora-fedavg")
+METHODS = (
+    "centralized",
+    "lora-fedavg",
+    "fedcybgd",
+    "fed-full",
+    "centralized-full",
+    "centralized-cyclic",
+)
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
 
 
@@ -124,6 +131,30 @@ class RuntimeConfig:
 
 
 @dataclass
+class CybgdConfig:
+    """FedCyBGD (docs/fedcybgd.md): one block per client turn, in a cycle; compressed download."""
+
+    # ascending | descending | random | aggregated (FedBAvg: several clients per block, averaged)
+    allocation: str = "ascending"
+    # aggregated: clients that train the same block from the same snapshot in one turn.
+    clients_per_block: int = 2
+    # Client turns per round; 0 = max(blocks, clients), so every block is trained once a round.
+    turns_per_round: int = 0
+    # Let the embeddings and the head (final norm, untied LM head) take turns as blocks too.
+    include_embeddings: bool = False
+    # Train only LoRA parameters ([lora]) inside the responsible block instead of the block.
+    peft: bool = False
+    # Download compression of the frozen rest (the responsible block always travels exact):
+    # share of frozen decoder layers left out (the client runs the model without them) ...
+    layer_drop_ratio: float = 0.0
+    # ... share of the smallest-magnitude entries of frozen layer weight matrices zeroed and
+    # sent sparsely (bitmask + kept values); full-parameter mode only.
+    prune_ratio: float = 0.0
+    # Clients hold the pretrained weights and receive only blocks changed since they last synced.
+    delta_sync: bool = True
+
+
+@dataclass
 class RunConfig:
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
@@ -140,6 +171,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cybgd: CybgdConfig = field(default_factory=CybgdConfig)
 
     def validate(self) -> RunConfig:
         _check_choice("method", self.method, METHODS)
@@ -181,7 +213,20 @@ class RunConfig:
             raise FedpressError("config key 'federation.min_replies' exceeds num_clients")
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
+        self.cybgd_checks()
         return self
+
+    def cybgd_checks(self) -> None:
+        cybgd = self.cybgd
+        allocations = ("ascending", "descending", "random", "aggregated")
+        _check_choice("cybgd.allocation", cybgd.allocation, allocations)
+        if not 1 <= cybgd.clients_per_block <= self.num_clients:
+            raise FedpressError("config key 'cybgd.clients_per_block' must be in [1, num_clients]")
+        if cybgd.turns_per_round < 0:
+            raise FedpressError("config key 'cybgd.turns_per_round' must be >= 0")
+        for key in ("layer_drop_ratio", "prune_ratio"):
+            if not 0.0 <= getattr(cybgd, key) < 1.0:
+                raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

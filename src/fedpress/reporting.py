@@ -87,11 +87,14 @@ class RunRecorder:
         final_accuracy: float | None,
         final_eval_examples: int,
         extra: dict[str, Any] | None = None,
+        weights_file: str = "adapter.safetensors",
     ) -> dict[str, Any]:
+        """Save the final weights (`weights_file`: the adapter, or `model.safetensors` for
+        full-parameter methods) and write summary.json and the plot."""
         if adapter is not None:
             save_file(
                 {k: v.contiguous() for k, v in adapter.items()},
-                str(self.out_dir / "adapter.safetensors"),
+                str(self.out_dir / weights_file),
             )
         wall = self.elapsed()
         trained = [r for r in self.rounds if r.round > 0]

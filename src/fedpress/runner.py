@@ -18,6 +18,8 @@ from fedpress.config import RunConfig
 # method -> "module:function" taking (config, out_dir, resume=...) and returning the summary.
 LOCAL_METHODS = {
     "centralized": "fedpress.methods.centralized:run_centralized",
+    "centralized-full": "fedpress.methods.centralized_full:run_centralized_full",
+    "centralized-cyclic": "fedpress.methods.centralized_full:run_centralized_cyclic",
 }
 
 

@@ -11,6 +11,8 @@ which Flower keeps per node for the whole run, even when it restarts the ClientA
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -25,6 +27,12 @@ app = ClientApp()
 
 _encoded_shares: dict[tuple[str, int], list[Encoded]] = {}
 
+# Methods with a client side of their own: method -> "module:function(msg, context, config)".
+CLIENT_HANDLERS = {
+    "fedcybgd": "fedpress.methods.fedcybgd:client_train",
+    "fed-full": "fedpress.methods.fed_full:client_train",
+}
+
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
@@ -33,6 +41,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(instructions[protocol.SERVER_ROUND])
     partition_id = _partition_id(context, config)
     torch.set_num_threads(max(1, config.runtime.threads or config.federation.client_cpus))
+    if config.method in CLIENT_HANDLERS:
+        module, _, function = CLIENT_HANDLERS[config.method].partition(":")
+        return getattr(importlib.import_module(module), function)(msg, context, config)
 
     task = build_task(config)
     data = _share(task, partition_id)

@@ -15,9 +15,15 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpress.config import RunConfig, load_config
+from fedpress.methods.fed_full import run_fed_full
+from fedpress.methods.fedcybgd import run_fedcybgd
 from fedpress.methods.lora_fedavg import run_lora_fedavg
 
-FEDERATED_METHODS = {"lora-fedavg": run_lora_fedavg}
+FEDERATED_METHODS = {
+    "lora-fedavg": run_lora_fedavg,
+    "fedcybgd": run_fedcybgd,
+    "fed-full": run_fed_full,
+}
 
 
 def run_method(

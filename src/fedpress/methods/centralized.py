@@ -15,15 +15,22 @@ from fedpress.accounting import peak_memory_bytes
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.config import RunConfig
 from fedpress.reporting import RoundRecord, RunRecorder
-from fedpress.task import build_task
+from fedpress.task import LoraTask, build_task
 
 
 def clients_per_round(config: RunConfig) -> int:
     return max(1, round(config.num_clients * config.federation.fraction_train))
 
 
-def run_centralized(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
-    task = build_task(config)
+def run_centralized(
+    config: RunConfig,
+    out_dir: Path,
+    resume: bool = False,
+    task: LoraTask | None = None,
+    weights_file: str = "adapter.safetensors",
+) -> dict:
+    """`task` replaces the LoRA task (centralized-full passes the full model)."""
+    task = task or build_task(config)
     train_data = task.encode_all(task.splits.pooled_train)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
     steps = config.train.local_steps * clients_per_round(config)
@@ -69,4 +76,6 @@ def run_centralized(config: RunConfig, out_dir: Path, resume: bool = False) -> d
             out_dir, task.adapter(), {"round": server_round, "elapsed_s": recorder.elapsed()}
         )
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
-    return recorder.finish(task.adapter(), final.loss, final.accuracy, final.examples)
+    return recorder.finish(
+        task.adapter(), final.loss, final.accuracy, final.examples, weights_file=weights_file
+    )

@@ -33,7 +33,8 @@ from fedpress.errors import FedpressError
 from fedpress.flower import protocol
 from fedpress.flower.progress import ProgressGrid
 from fedpress.reporting import MB, RoundRecord, RunRecorder
-from fedpress.task import Shapes, build_task
+from fedpress.task import LoraTask, Shapes, build_task
+from fedpress.training import EvalResult
 
 log = logging.getLogger("fedpress")
 
@@ -278,10 +279,17 @@ def parallel_slots(config: RunConfig) -> int:
 
 
 def run_lora_fedavg(
-    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
+    grid: Grid,
+    config: RunConfig,
+    out_dir: Path,
+    parallel_clients: int,
+    resume: bool = False,
+    task: LoraTask | None = None,
+    weights_file: str = "adapter.safetensors",
 ) -> dict:
-    """The whole federated run, inside the ServerApp."""
-    task = build_task(config)
+    """The whole federated run, inside the ServerApp. `task` replaces the LoRA task (fed-full
+    passes the full model, whose "adapter" is every parameter)."""
+    task = task or build_task(config)
     strategy = LoraFedAvg(config, task.adapter_shapes(), task.initial_adapter, parallel_clients)
     checkpoint = load_checkpoint(out_dir) if resume else None
     arrays = protocol.tensors_to_record(task.initial_adapter)
@@ -306,31 +314,7 @@ def run_lora_fedavg(
         task.set_adapter(protocol.record_to_tensors(arrays))
         result = task.evaluate(eval_subset)
         stats = strategy.stats.get(server_round, RoundStats())
-        round_s = (stats.aggregated - stats.started) if server_round else 0.0
-        # Clients run `parallel_clients` at a time: their compute on the critical path.
-        client_critical = (stats.client_train_s + stats.codec_s) / max(
-            1, min(strategy.parallel_clients, stats.ok or 1)
-        )
-        record = RoundRecord(
-            round=server_round,
-            train_loss=stats.train_loss,
-            eval_loss=result.loss,
-            accuracy=result.accuracy,
-            eval_examples=result.examples,
-            clients_sampled=stats.sampled,
-            clients_ok=stats.ok,
-            clients_failed=stats.failed,
-            bytes_up=sum(stats.bytes_up),
-            bytes_down=sum(stats.bytes_down),
-            bytes_up_per_client=stats.bytes_up,
-            bytes_down_per_client=stats.bytes_down,
-            client_peak_mem_bytes=stats.peak_mem,
-            client_train_s=stats.client_train_s,
-            codec_s=stats.codec_s,
-            eval_s=result.seconds,
-            round_wall_s=round_s + result.seconds,
-            orchestration_s=max(0.0, round_s - client_critical) if server_round else 0.0,
-        )
+        record = round_record(server_round, stats, result, strategy.parallel_clients)
         recorder.log_round(record)
         progress.set_postfix_str(_postfix(record))
 
@@ -355,7 +339,40 @@ def run_lora_fedavg(
     final_state = protocol.record_to_tensors(arrays)
     task.set_adapter(final_state)
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
-    return recorder.finish(final_state, final.loss, final.accuracy, final.examples)
+    return recorder.finish(
+        final_state, final.loss, final.accuracy, final.examples, weights_file=weights_file
+    )
+
+
+def round_record(
+    server_round: int, stats: RoundStats, result: EvalResult, parallel_clients: int
+) -> RoundRecord:
+    """One round's metrics line from what the round cost and the server's evaluation."""
+    round_s = (stats.aggregated - stats.started) if server_round else 0.0
+    # Clients run `parallel_clients` at a time: their compute on the critical path.
+    client_critical = (stats.client_train_s + stats.codec_s) / max(
+        1, min(parallel_clients, stats.ok or 1)
+    )
+    return RoundRecord(
+        round=server_round,
+        train_loss=stats.train_loss,
+        eval_loss=result.loss,
+        accuracy=result.accuracy,
+        eval_examples=result.examples,
+        clients_sampled=stats.sampled,
+        clients_ok=stats.ok,
+        clients_failed=stats.failed,
+        bytes_up=sum(stats.bytes_up),
+        bytes_down=sum(stats.bytes_down),
+        bytes_up_per_client=stats.bytes_up,
+        bytes_down_per_client=stats.bytes_down,
+        client_peak_mem_bytes=stats.peak_mem,
+        client_train_s=stats.client_train_s,
+        codec_s=stats.codec_s,
+        eval_s=result.seconds,
+        round_wall_s=round_s + result.seconds,
+        orchestration_s=max(0.0, round_s - client_critical) if server_round else 0.0,
+    )
 
 
 def train_round(

@@ -1,0 +1,38 @@
+"""The full-parameter task: the base model with every parameter trainable, no adapter.
+
+It is a `LoraTask` whose "adapter" is the whole model (`adapter()` returns every trainable
+parameter), so the LoRA recipes' pieces (FedAvg strategy, centralized loop, client helpers)
+run full-parameter tuning unchanged. FedCyBGD narrows what is trainable turn by turn. Like
+`build_task`, each process keeps the last one it built.
+"""
+
+from __future__ import annotations
+
+from fedpress.config import RunConfig
+from fedpress.data import build_splits
+from fedpress.models import adapter_state, load_base_model, load_tokenizer, resolve_placement
+from fedpress.task import LoraTask
+
+_CACHE: dict[str, LoraTask] = {}
+
+
+def build_full_task(config: RunConfig) -> LoraTask:
+    key = config.to_json()
+    if key not in _CACHE:
+        _CACHE.clear()  # one model per process
+        placement = resolve_placement(config.runtime)
+        tokenizer = load_tokenizer(config.model)
+        model = load_base_model(config.model, config.runtime)
+        model.config.use_cache = False  # training and scoring never decode step by step
+        if config.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        for param in model.parameters():
+            param.requires_grad_(True)
+        model.eval()
+        splits = build_splits(config.data, config.num_clients, config.seed)
+        _CACHE[key] = LoraTask(
+            config, model, tokenizer, splits, placement.device, adapter_state(model)
+        )
+    return _CACHE[key]

@@ -1,0 +1,70 @@
+"""Peak memory of one piece of client work (a training turn), measured, not computed.
+
+`ru_maxrss` is a lifetime high-water mark: Flower's simulation reuses one process for many
+clients, and it includes the model load. What a client needs *to train* is what the turn adds
+on top of the model it already holds, so this measures, around the training call only:
+
+- on CUDA: `torch.cuda.max_memory_allocated` minus the allocation at the start (peak reset);
+- on CPU: the process RSS sampled by a background thread every `interval_s` during the call,
+  minus the RSS just before it. Before taking the baseline, freed heap memory is handed back
+  to the OS (glibc `malloc_trim`), so memory a previous turn freed but the allocator kept
+  cannot hide this turn's allocations. Peaks shorter than the interval can be missed; torch
+  releases the GIL in its kernels, so the sampler runs during forward and backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+
+def _release_free_heap() -> None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
+        ctypes.CDLL(name).malloc_trim(0)
+
+
+@contextmanager
+def training_memory(device: torch.device, interval_s: float = 0.002) -> Iterator[dict[str, int]]:
+    """`with training_memory(dev) as mem: ...` then `mem["bytes"]` is the peak added."""
+    box = {"bytes": 0, "baseline": 0}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        box["baseline"] = base
+        try:
+            yield box
+        finally:
+            torch.cuda.synchronize(device)
+            box["bytes"] = max(0, torch.cuda.max_memory_allocated(device) - base)
+        return
+    _release_free_heap()
+    process = psutil.Process()
+    base = process.memory_info().rss
+    box["baseline"] = base
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    thread.start()
+    try:
+        yield box
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], process.memory_info().rss)
+        box["bytes"] = max(0, peak[0] - base)

@@ -1,0 +1,176 @@
+"""FedCyBGD and the full-parameter baselines end to end: the real Flower simulation, real
+(tiny) models, hostile clients among honest ones."""
+
+import json
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from fedpress.config import load_config
+from fedpress.flower import client_app as honest
+from fedpress.flower import protocol
+from fedpress.flower.simulation import simulate
+from fedpress.full_task import build_full_task
+from fedpress.methods.centralized_full import run_centralized_cyclic
+from fedpress.methods.fedcybgd import BLOCK, task_layout, train_block, turn_seed
+from fedpress.models import config_of
+
+# partition -> how its reply is corrupted (partition 0 is honest). With 2 decoder layers and
+# 4 turns in ascending order: p0 trains layer 0, p1 layer 1, p2 layer 0, p3 layer 1.
+ATTACKS = {1: "nan", 2: "wrong-block", 3: "truncated"}
+
+evil_app = ClientApp()
+evil_app.query()(honest.query)
+
+
+@evil_app.train()
+def train(msg: Message, context: Context) -> Message:
+    attack = ATTACKS.get(int(context.node_config["partition-id"]))
+    reply = honest.train(msg, context)
+    if attack is None:
+        return reply
+    packed = reply.content[protocol.UPDATE][protocol.PACKED].numpy()
+    if attack == "nan":
+        values = packed.view(np.float32).copy()
+        values[7] = np.nan
+        packed = values.view(np.uint8)
+    elif attack == "wrong-block":
+        metrics = dict(reply.content[protocol.TRAIN_METRICS])
+        metrics[BLOCK] = int(metrics[BLOCK]) + 1
+        reply.content[protocol.TRAIN_METRICS] = MetricRecord(metrics)
+    elif attack == "truncated":
+        packed = packed[:-4]  # the block's shapes do not fit any more
+    reply.content[protocol.UPDATE] = ArrayRecord({protocol.PACKED: Array(packed)})
+    return reply
+
+
+def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path):
+    config = load_config(
+        None,
+        [
+            "method=fedcybgd",
+            "model=tiny-llama",
+            "num_clients=4",
+            "rounds=1",
+            "cybgd.turns_per_round=4",
+            "train.local_steps=2",
+            "data.builtin_size=300",
+            "eval.per_round_examples=20",
+            "federation.client_cpus=1",
+        ],
+    )
+    out = tmp_path / "run"
+    simulate(config, out, client_app=evil_app)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clients_failed_total"] == 3 and summary["turns_failed"] == 3
+    assert summary["blocks"] == ["layers.0", "layers.1"]
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[1]["clients_sampled"] == 4 and rounds[1]["clients_ok"] == 1
+    for name in ("config.toml", "curves.png", "checkpoint.safetensors"):
+        assert (out / name).is_file()
+
+    # Replay the honest turn (partition 0, layer 0, from the pretrained weights): the final
+    # model is exactly that change on layer 0 and the pretrained weights everywhere else.
+    task = build_full_task(config)
+    layout = task_layout(task)
+    task.set_adapter(task.initial_adapter)
+    block = layout.block_of_layer(0)
+    share = task.encode_all(task.splits.client_shares[0])
+    _, delta, peak = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
+    final = load_file(out / "model.safetensors")
+    assert set(final) == set(task.initial_adapter)
+    for name, value in final.items():
+        if name in block.params:
+            expected = task.initial_adapter[name] + delta[name]
+            torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(value, task.initial_adapter[name]), name
+    assert any(delta[n].abs().max() > 0 for n in block.params)
+    assert summary["trainable_params_per_client"] == sum(final[n].numel() for n in block.params)
+    assert summary["upload_bytes_per_turn"] < 1.2 * 4 * summary["trainable_params_per_client"]
+    assert peak > 0 and summary["client_peak_mem_bytes"] > 0
+
+
+def test_fed_full_writes_a_loadable_full_model(tmp_path):
+    config = load_config(
+        None,
+        [
+            "method=fed-full",
+            "model=tiny-gpt2",
+            "num_clients=2",
+            "rounds=1",
+            "train.local_steps=1",
+            "data.builtin_size=300",
+            "eval.per_round_examples=20",
+            "federation.client_cpus=1",
+        ],
+    )
+    out = tmp_path / "run"
+    summary = simulate(config, out)
+    state = load_file(out / "model.safetensors")
+    model = AutoModelForCausalLM.from_config(config_of("tiny-gpt2"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}  # tied to the embeddings
+    initial = build_full_task(config).initial_adapter
+    assert set(state) == set(initial)
+    assert all(torch.equal(state[n], initial[n]) is False for n in state if "ln_" not in n)
+    # Both clients sent every parameter: the uplink is the whole model.
+    assert summary["bytes_up_total"] > 2 * 4 * sum(t.numel() for t in initial.values())
+    assert summary["client_peak_mem_bytes"] > 0
+
+
+def test_centralized_cyclic_trains_only_its_blocks_in_peft_mode(tmp_path):
+    config = load_config(
+        None,
+        [
+            "method=centralized-cyclic",
+            "model=tiny-qwen2",
+            "num_clients=2",
+            "rounds=1",
+            "cybgd.turns_per_round=1",
+            "cybgd.peft=true",
+            "train.local_steps=2",
+            "data.builtin_size=300",
+            "eval.per_round_examples=20",
+        ],
+    )
+    summary = run_centralized_cyclic(config, tmp_path)
+    adapter = load_file(tmp_path / "adapter.safetensors")
+    from fedpress.task import build_task
+
+    initial = build_task(config).initial_adapter
+    assert set(adapter) == set(initial) and all("lora_" in n for n in adapter)
+    changed = {n for n in adapter if not torch.equal(adapter[n], initial[n])}
+    assert changed and all(".layers.0." in n for n in changed)
+    assert summary["client_steps_total"] == 2
+
+
+def test_lower_precision_block_trains_on_an_fp32_master_copy():
+    config = load_config(
+        None,
+        ["model=tiny-llama", "runtime.dtype=bfloat16", "train.local_steps=2", "train.lr=1e-2"],
+    )
+    task = build_full_task(config)
+    layout = task_layout(task)
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    block = layout.block_of_layer(1)
+    data = task.encode_all(task.splits.client_shares[0])
+    _, delta, _ = train_block(task, layout, block, data, 0, 0)
+    params = dict(task.model.named_parameters())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in params.values())
+    for name, param in params.items():
+        if name in block.params:
+            assert delta[name].dtype == torch.float32
+        else:
+            assert torch.equal(param, before[name]), name
+    # The change is kept in fp32: steps smaller than bf16's resolution are not lost.
+    assert any(
+        not torch.equal(
+            (before[n].float() + delta[n]).bfloat16().float(), before[n].float() + delta[n]
+        )
+        for n in block.params
+    )
