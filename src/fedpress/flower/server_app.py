@@ -15,9 +15,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpress.config import RunConfig, load_config
+from fedpress.methods.cg_fedllm import run_cg_fedllm
 from fedpress.methods.lora_fedavg import run_lora_fedavg
 
-FEDERATED_METHODS = {"lora-fedavg": run_lora_fedavg}
+FEDERATED_METHODS = {"lora-fedavg": run_lora_fedavg, "cg-fedllm": run_cg_fedllm}
 
 
 def run_method(
