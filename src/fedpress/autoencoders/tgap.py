@@ -50,6 +50,7 @@ log = logging.getLogger("fedpress")
 SNAPSHOTS = "tgap-snapshots"
 TGAP_METRICS = "tgap-metrics"
 WEIGHTS = "autoencoder.safetensors"
+SNAPSHOT_FILE = "snapshots.safetensors"
 META = "autoencoder.json"
 
 
@@ -244,7 +245,8 @@ def train_autoencoder(
     order = list(range(len(updates)))
     rng.shuffle(order)
     n_val = max(1, round(options.val_fraction * len(updates)))
-    val = [updates[i] for i in order[:n_val]]
+    val_indices = sorted(order[:n_val])
+    val = [updates[i] for i in val_indices]
     train = [updates[i] for i in order[n_val:]]
     layout = Layout(shapes)
     gain = fit_input_gain(layout, train, options.scale_quantile)
@@ -274,7 +276,7 @@ def train_autoencoder(
             with torch.no_grad():
                 recon = model(val_images[:, None]).reshape(val_images.shape)
                 val_loss = float(torch.nn.functional.mse_loss(recon, val_images))
-            history.append({"step": step, "train_mse": float(loss), "val_mse": val_loss})
+            history.append({"step": step, "train_mse": float(loss.detach()), "val_mse": val_loss})
     model.eval()
     meta = {
         "arch": model.arch,
@@ -294,6 +296,7 @@ def train_autoencoder(
         "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
         "snapshots_train": len(train),
         "snapshots_val": len(val),
+        "val_indices": val_indices,
         "train_steps": options.train_steps,
         "train_s": time.perf_counter() - started,
         "history": history,
@@ -364,13 +367,14 @@ def run_tgap_phase(
     shapes = task.adapter_shapes()
     pooled, bytes_up, bytes_down, client_s = collect_snapshots(grid, config, partitions, shapes)
     log.info("TGAP: %d snapshots from %d replies", len(pooled), len(bytes_up))
-    model, meta = train_autoencoder(
-        pooled, shapes, config.autoencoder, config.seed, Path(out_dir) / "autoencoder"
-    )
+    folder = Path(out_dir) / "autoencoder"
+    save_snapshots(folder / SNAPSHOT_FILE, pooled)
+    model, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
     meta["tgap_bytes_up"] = sum(bytes_up)
     meta["tgap_bytes_down"] = sum(bytes_down)
     meta["tgap_client_train_s"] = client_s
-    (Path(out_dir) / "autoencoder" / META).write_text(json.dumps(meta, indent=2))
+    meta["tgap_snapshots"] = len(pooled)
+    (folder / META).write_text(json.dumps(meta, indent=2))
     val = meta["validation"]
     log.warning(
         "TGAP %s: validation cos %.3f, SNR %.2f dB, MSE %.3g",
@@ -384,3 +388,112 @@ def run_tgap_phase(
 
 def np_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+
+
+def save_snapshots(path: Path, snapshots: list[dict[str, torch.Tensor]]) -> None:
+    """The pooled TGAP snapshots (to retrain other architectures on the same collection)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {
+        f"{i:05d}/{name}": t.contiguous() for i, s in enumerate(snapshots) for name, t in s.items()
+    }
+    save_file(flat, str(path))
+
+
+def load_snapshots(path: str | Path, shapes) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+    path = Path(path)
+    if not path.is_file():
+        raise FedpressError(f"no TGAP snapshots at {path}")
+    flat = load_file(str(path))
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        index, _, name = key.partition("/")
+        snapshots.setdefault(index, {})[name] = tensor.float()
+    out = [snapshots[k] for k in sorted(snapshots)]
+    for snap in out:
+        if {n: tuple(t.shape) for n, t in snap.items()} != dict(shapes):
+            raise FedpressError(f"the snapshots in {path} were taken for other LoRA shapes")
+    return out
+
+
+def run_tgap_only(
+    grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
+) -> dict:  # noqa: ANN001, E501
+    """ServerApp entry of `fedpress tgap`: partitions, then the TGAP phase alone."""
+    from fedpress.methods.lora_fedavg import discover_partitions
+    from fedpress.task import build_task
+
+    task = build_task(config)
+    partitions = discover_partitions(grid, config)
+    return run_tgap_phase(grid, config, partitions, task, out_dir).meta
+
+
+def retrain_from_snapshots(config: RunConfig, snapshots: Path, out_dir: Path) -> dict:
+    """Train `config.autoencoder` on snapshots a TGAP phase already collected (no new
+    messages); the collection's byte counts are copied from its autoencoder.json."""
+    from fedpress.task import build_task
+
+    shapes = build_task(config).adapter_shapes()
+    pooled = load_snapshots(snapshots, shapes)
+    folder = Path(out_dir) / "autoencoder"
+    _, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
+    source = Path(snapshots).parent / META
+    if source.is_file():
+        origin = json.loads(source.read_text())
+        for key in ("tgap_bytes_up", "tgap_bytes_down", "tgap_client_train_s", "tgap_snapshots"):
+            meta[key] = origin.get(key)
+    meta["snapshots_from"] = str(snapshots)
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def noise_robustness(
+    codec: AutoencoderCodec,
+    updates: list[dict[str, torch.Tensor]],
+    sigmas: list[float],
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Reconstruction of x from encode(x + N(0, sigma^2)): the pipeline's robustness to noise
+    on the update (SPEC's analysis; sigma from 5e-5 to 5e-1)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for sigma in sigmas:
+        signal = error = count = 0.0
+        cosines = []
+        for update in updates:
+            noisy = {
+                n: t + sigma * torch.randn(t.shape, generator=generator) for n, t in update.items()
+            }
+            decoded = codec.decode(codec.encode(noisy), codec.layout.shapes, validate=False)
+            x = torch.cat([update[n].reshape(-1).double() for n in codec.layout.names])
+            y = torch.cat([decoded[n].reshape(-1).double() for n in codec.layout.names])
+            signal += float(x.pow(2).sum())
+            error += float((x - y).pow(2).sum())
+            count += x.numel()
+            cosines.append(float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
+        snr = signal / error if error > 0 else math.inf
+        rows.append(
+            {
+                "sigma": sigma,
+                "cosine": sum(cosines) / len(cosines),
+                "snr_db": 10 * math.log10(snr) if 0 < snr < math.inf else math.inf,
+                "update_rms": math.sqrt(signal / count),
+            }
+        )
+    return rows
+
+
+def analyze(folder: Path, sigmas: list[float], snapshots: Path | None = None) -> dict:
+    """`fedpress ae-analyze`: validation SNR/cosine and noise robustness of a saved autoencoder."""
+    model, meta = load_autoencoder(folder)
+    shapes = {name: tuple(shape) for name, shape in meta["shapes"].items()}
+    pooled = load_snapshots(snapshots or Path(folder) / SNAPSHOT_FILE, shapes)
+    val = [pooled[i] for i in meta.get("val_indices", []) if i < len(pooled)] or pooled
+    codec = AutoencoderCodec(model, shapes, float(meta["input_gain"]), meta["latent_dtype"])
+    report = {
+        "arch": meta["arch"],
+        "compression": meta["compression"],
+        "validation": reconstruction_metrics(codec, val),
+        "noise": noise_robustness(codec, val, sigmas),
+    }
+    (Path(folder) / "analysis.json").write_text(json.dumps(report, indent=2))
+    return report

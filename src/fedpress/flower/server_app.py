@@ -8,6 +8,7 @@ run config key `config` (set in deploy/pyproject.toml or with `flwr run --run-co
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,17 @@ def make_server_app(
     parallel_clients: int,
     box: dict[str, Any],
     resume: bool = False,
+    entry: Callable[..., dict[str, Any]] | None = None,
 ) -> ServerApp:
-    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`."""
+    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`.
+    `entry` replaces the configured method (e.g. `fedpress tgap` runs only that phase)."""
     server_app = ServerApp()
+    runner = entry or run_method
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            box["summary"] = run_method(grid, config, out_dir, parallel_clients, resume)
+            box["summary"] = runner(grid, config, out_dir, parallel_clients, resume)
         except BaseException as exc:  # handed back to the CLI thread, which reports it
             box["error"] = exc
             raise
