@@ -22,12 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import MB, REPO, RESULTS, make_config, markdown_table, quiet, run, save, sst2_setting
+from common import (
+    MB,
+    REPO,
+    RESULTS,
+    SHARED_DATA,
+    make_config,
+    markdown_table,
+    quiet,
+    run,
+    save,
+    sst2_setting,
+)
 
 ARCHS = ["resnet3", "cnn1d", "uformer0", "uformer1", "uformer2"]
 
@@ -46,6 +59,11 @@ def main() -> None:
     parser.add_argument("--rows", default="centralized,lora-fedavg,cg,topk,dp")
     parser.add_argument("--dp-epsilon", type=float, default=8.0)
     parser.add_argument("--dp-clip", type=float, default=0.0, help="0: median TGAP update norm")
+    parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crop")
+    parser.add_argument(
+        "--test-examples", type=int, default=0, help="first N of test.tsv (0: all 872)"
+    )
+    parser.add_argument("--tgap-from", help="reuse a `fedpress tgap` output folder's snapshots")
     parser.add_argument("--name", default="cg_fedllm_sst2")
     args = parser.parse_args()
     quiet()
@@ -55,22 +73,33 @@ def main() -> None:
         **sst2_setting(args.clients, args.rounds, args.local_steps, args.max_train),
         "data.max_length": args.max_length,
         "data.holdout_fraction": 0.3,
-        "eval.per_round_examples": 100,
+        "eval.per_round_examples": 50,
         "federation.client_cpus": 1,
         "autoencoder.compression": args.compression,
         "autoencoder.snapshots": args.snapshots,
         "autoencoder.train_steps": args.ae_steps,
+        "autoencoder.crop": args.ae_crop,
     }
     work = RESULTS / "runs" / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    if args.test_examples:
+        lines = (SHARED_DATA / "sst2" / "test.tsv").read_text().splitlines(keepends=True)
+        subset = work / f"test-first{args.test_examples}.tsv"
+        subset.write_text("".join(lines[: args.test_examples + 1]))
+        base["data.eval_source"] = str(subset)
     rows: list[dict] = []
     analysis: dict[str, dict] = {}
-    state: dict = {"baseline_up": None, "cg_payload": None}
+    state: dict = {"baseline_up": None}
 
     def record(label: str, config_over: dict, tgap_meta: dict | None = None) -> dict:
         out = work / label
         started = time.perf_counter()
-        summary = run(make_config({**base, **config_over}), out)
-        wall = time.perf_counter() - started
+        if (out / "summary.json").is_file():  # measured by an earlier invocation: reuse it
+            summary = json.loads((out / "summary.json").read_text())
+            wall = summary["wall_s"]
+        else:
+            summary = run(make_config({**base, **config_over}), out)
+            wall = time.perf_counter() - started
         lines = (
             (out / "metrics.jsonl").read_text().splitlines()
             if (out / "metrics.jsonl").is_file()
@@ -104,13 +133,17 @@ def main() -> None:
         save(args.name, {"args": vars(args), "rows": rows, "analysis": analysis}, table)
         return summary
 
-    if "centralized" in rows_wanted:
-        record("centralized", {"method": "centralized"})
-    record("lora-fedavg", {"method": "lora-fedavg"})
+    # Most important rows first: a run cut short by the clock keeps what it measured.
+    if rows_wanted != ["ae"]:  # "ae": only TGAP and the autoencoders (no FAF runs)
+        record("lora-fedavg", {"method": "lora-fedavg"})
+    if rows_wanted == ["baseline"]:
+        return
 
     # TGAP once, federated: D1 snapshots travel in Flower messages; then one AE per architecture.
     tgap_dir = work / "tgap"
     snapshots = tgap_dir / "autoencoder" / "snapshots.safetensors"
+    if args.tgap_from and not snapshots.is_file():
+        shutil.copytree(Path(args.tgap_from), tgap_dir, dirs_exist_ok=True)
     if not snapshots.is_file():
         fedpress(
             [
@@ -138,22 +171,27 @@ def main() -> None:
         fedpress(["ae-analyze", str(folder / "autoencoder"), "--snapshots", str(snapshots)])
         analysis[arch] = json.loads((folder / "autoencoder" / "analysis.json").read_text())
 
+    if rows_wanted == ["ae"]:
+        save(args.name + "_ae", {"args": vars(args), "analysis": analysis}, json.dumps(analysis))
+        return
+
+    def cg_row(arch: str) -> None:
+        record(
+            f"cg-fedllm-{arch}",
+            {
+                "method": "cg-fedllm",
+                "autoencoder.arch": arch,
+                "autoencoder.checkpoint": str(work / f"ae-{arch}" / "autoencoder"),
+            },
+            metas[arch],
+        )
+
     if "cg" in rows_wanted:
-        for arch in archs:
-            summary = record(
-                f"cg-fedllm-{arch}",
-                {
-                    "method": "cg-fedllm",
-                    "autoencoder.arch": arch,
-                    "autoencoder.checkpoint": str(work / f"ae-{arch}" / "autoencoder"),
-                },
-                metas[arch],
-            )
-            state["cg_payload"] = state["cg_payload"] or latent_payload_bytes(summary, metas[arch])
+        cg_row(archs[0])
     if "topk" in rows_wanted:
         numel = metas[archs[0]]["layout"]["numel"]
         tensors = len(metas[archs[0]]["shapes"])
-        payload = latent_payload_bytes(None, metas[archs[0]])
+        payload = latent_payload_bytes(metas[archs[0]])
         # top-k with fp16 values: 6 bytes per kept entry (int32 index + fp16 value).
         fraction = max(payload / 6 - tensors, tensors) / numel
         record(
@@ -180,6 +218,11 @@ def main() -> None:
             },
             metas[arch],
         )
+    if "cg" in rows_wanted:
+        for arch in archs[1:]:
+            cg_row(arch)
+    if "centralized" in rows_wanted:
+        record("centralized", {"method": "centralized"})
     table = markdown_table(rows, COLUMNS)
     snr = markdown_table(
         [
@@ -204,7 +247,7 @@ def main() -> None:
     print(full)
 
 
-def latent_payload_bytes(summary: dict | None, meta: dict) -> int:
+def latent_payload_bytes(meta: dict) -> int:
     """Bytes of one cg-fedllm payload: the fp16/fp32 latent plus one fp32 scale per tensor."""
     itemsize = 2 if meta["latent_dtype"] == "fp16" else 4
     return math.prod(meta["latent_shape"]) * itemsize + 4 * len(meta["shapes"])
@@ -242,7 +285,7 @@ def fedpress(argv: list[str]) -> None:
     subprocess.run(
         [sys.executable, "-m", "fedpress.cli", *argv],
         check=True,
-        env={**__import__("os").environ, "PYTHONPATH": env_path},
+        env={**os.environ, "PYTHONPATH": env_path},
     )
 
 

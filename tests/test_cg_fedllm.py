@@ -56,7 +56,11 @@ def test_layout_round_trip_on_real_adapter_shapes(model):
     scales = torch.stack([update[n].abs().max() for n in layout.names])  # no clamping
     image = layout.to_image(update, scales)
     assert image.abs().max() <= 1.0
-    assert torch.all(image.reshape(-1)[layout.numel :] == 0)  # padding is zeros
+    used = torch.cat(list(layout.positions.values()))
+    assert used.unique().numel() == layout.numel  # every number has its own cell
+    unused = torch.ones(image.numel(), dtype=torch.bool)
+    unused[used] = False
+    assert torch.all(image.reshape(-1)[unused] == 0)  # padding is zeros
     back = layout.from_image(image, scales)
     for name in shapes:
         torch.testing.assert_close(back[name], update[name], rtol=1e-6, atol=1e-6)
@@ -65,7 +69,7 @@ def test_layout_round_trip_on_real_adapter_shapes(model):
 def test_layout_of_uneven_shapes_pads_to_multiples_of_64():
     shapes = {"a.lora_A.weight": (3, 70), "a.lora_B.weight": (50, 3), "bias": (7,)}
     layout = Layout(shapes)
-    assert (layout.height, layout.width) == (64, 64)
+    assert (layout.height, layout.width) == (64, 128)  # longest vector 70 -> W = 128
     update = {n: torch.randn(s) for n, s in shapes.items()}
     scales = torch.stack([update[n].abs().max() for n in layout.names])
     back = layout.from_image(layout.to_image(update, scales), scales)
@@ -198,7 +202,11 @@ def test_hostile_latents_never_touch_the_global_adapter(tmp_path):
 
 
 def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
-    config = _tiny("num_clients=2", "rounds=2")
+    # Round 2 adapts the autoencoder: clients send fp16 updates, the server fine-tunes and
+    # re-ships it (the frozen paper setting is the default, adapt_every = 0).
+    config = _tiny(
+        "num_clients=2", "rounds=2", "autoencoder.adapt_every=2", "autoencoder.adapt_steps=2"
+    )
     out = tmp_path / "run"
     summary = simulate(config, out)
     for name in ("summary.json", "metrics.jsonl", "curves.png", "adapter.safetensors"):
@@ -211,7 +219,7 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     ):
         assert (out / "autoencoder" / name).is_file()
     meta = json.loads((out / "autoencoder" / "autoencoder.json").read_text())
-    assert meta["snapshots_train"] + meta["snapshots_val"] == 2 * 3
+    assert summary["tgap_snapshots"] == 2 * 3
     assert set(meta["validation"]) >= {"mse", "cosine", "snr", "snr_db"}
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # TGAP is round 0's traffic: two snapshot replies, counted from the Flower messages.
@@ -221,6 +229,11 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     # The latent is far smaller than the update: each FAF reply < 1/10 of an fp32 update.
     assert max(rounds[1]["bytes_up_per_client"]) < 7168 * 4 / 10
     assert "dp_epsilon" not in summary
+    assert summary["ae_versions"] == 2  # TGAP's, then the one adapted after round 2
+    assert min(rounds[2]["bytes_up_per_client"]) > 7168 * 2  # fp16 updates in the adapt round
+    assert (
+        json.loads((out / "autoencoder" / "autoencoder.json").read_text())["adapted_at_round"] == 2
+    )
 
 
 def test_client_codec_is_the_shared_error_feedback_wrapper():

@@ -190,6 +190,7 @@ class CgFedLLM(LoraFedAvg):
             "compression_ratio": numel / latent if latent else None,
             "tgap_bytes_up": self.tgap_meta.get("tgap_bytes_up", 0),
             "tgap_bytes_down": self.tgap_meta.get("tgap_bytes_down", 0),
+            "tgap_snapshots": self.tgap_meta.get("tgap_snapshots", 0),
             "tgap_val_cosine": validation.get("cosine"),
             "tgap_val_snr_db": validation.get("snr_db"),
             "tgap_val_mse": validation.get("mse"),
