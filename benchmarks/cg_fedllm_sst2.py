@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--rows", default="centralized,lora-fedavg,cg,topk,dp")
     parser.add_argument("--dp-epsilon", type=float, default=8.0)
-    parser.add_argument("--dp-clip", type=float, default=0.0, help="0: median TGAP update norm")
+    parser.add_argument(
+        "--dp-clip", type=float, default=0.01, help="C; 0: median norm of the TGAP updates"
+    )
     parser.add_argument("--ae-crop", type=int, default=128, help="autoencoder training crop")
     parser.add_argument(
         "--test-examples", type=int, default=0, help="first N of test.tsv (0: all 872)"
@@ -153,8 +155,10 @@ def main() -> None:
                 *sets({**base, "method": "cg-fedllm", "autoencoder.arch": archs[0]}),
             ]
         )
-    metas = {}
-    for arch in archs:
+    metas: dict[str, dict] = {}
+
+    def autoencoder(arch: str) -> None:
+        """Train `arch` on the shared TGAP collection (cached), and analyse it."""
         folder = work / f"ae-{arch}"
         if not (folder / "autoencoder" / "autoencoder.json").is_file():
             fedpress(
@@ -168,14 +172,20 @@ def main() -> None:
                 ]
             )
         metas[arch] = json.loads((folder / "autoencoder" / "autoencoder.json").read_text())
-        fedpress(["ae-analyze", str(folder / "autoencoder"), "--snapshots", str(snapshots)])
+        if not (folder / "autoencoder" / "analysis.json").is_file():
+            fedpress(["ae-analyze", str(folder / "autoencoder"), "--snapshots", str(snapshots)])
         analysis[arch] = json.loads((folder / "autoencoder" / "analysis.json").read_text())
 
     if rows_wanted == ["ae"]:
+        for arch in archs:
+            autoencoder(arch)
         save(args.name + "_ae", {"args": vars(args), "analysis": analysis}, json.dumps(analysis))
         return
 
     def cg_row(arch: str) -> None:
+        autoencoder(arch)
+        if "cg" not in rows_wanted:
+            return
         record(
             f"cg-fedllm-{arch}",
             {
@@ -186,8 +196,7 @@ def main() -> None:
             metas[arch],
         )
 
-    if "cg" in rows_wanted:
-        cg_row(archs[0])
+    cg_row(archs[0])
     if "topk" in rows_wanted:
         numel = metas[archs[0]]["layout"]["numel"]
         tensors = len(metas[archs[0]]["shapes"])
@@ -218,9 +227,8 @@ def main() -> None:
             },
             metas[arch],
         )
-    if "cg" in rows_wanted:
-        for arch in archs[1:]:
-            cg_row(arch)
+    for arch in archs[1:]:
+        cg_row(arch)
     if "centralized" in rows_wanted:
         record("centralized", {"method": "centralized"})
     table = markdown_table(rows, COLUMNS)

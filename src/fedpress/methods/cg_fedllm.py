@@ -71,6 +71,7 @@ class CgFedLLM(LoraFedAvg):
         self.out_dir = Path(".")
         self.full_round = False
         self.tgap_meta: dict = {}
+        self.tgap_in_run = False
 
     def summary(self) -> None:
         log.info(
@@ -91,6 +92,7 @@ class CgFedLLM(LoraFedAvg):
             result = run_tgap_phase(grid, self.config, self.partitions, task, self.out_dir)
             self.record_tgap(result)
             model, meta = result.model, result.meta
+            self.tgap_in_run = True
         self.tgap_meta = meta
         if meta["arch"] != options.arch or int(meta["compression"]) != options.compression:
             log.warning(
@@ -191,6 +193,9 @@ class CgFedLLM(LoraFedAvg):
             "tgap_bytes_up": self.tgap_meta.get("tgap_bytes_up", 0),
             "tgap_bytes_down": self.tgap_meta.get("tgap_bytes_down", 0),
             "tgap_snapshots": self.tgap_meta.get("tgap_snapshots", 0),
+            # tgap_bytes_* are the cost of the TGAP that produced the autoencoder; they are in
+            # this run's bytes totals (round 0) only when that TGAP ran inside this run.
+            "tgap_in_run": self.tgap_in_run,
             "tgap_val_cosine": validation.get("cosine"),
             "tgap_val_snr_db": validation.get("snr_db"),
             "tgap_val_mse": validation.get("mse"),
