@@ -35,8 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("config", nargs="?")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _add_report_commands(sub)
+    tgap = sub.add_parser("tgap", help="CG-FedLLM pre-training alone: collect snapshots, train")
+    tgap.add_argument("config", nargs="?")
+    tgap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tgap.add_argument("--out", help="output folder (default: runs/tgap-<time>)")
+    tgap.add_argument("--snapshots", help="train on these saved snapshots instead of collecting")
+    tgap.add_argument("--verbose", action="store_true")
+    analyze = sub.add_parser("ae-analyze", help="SNR and noise robustness of a trained autoencoder")
+    analyze.add_argument("folder", help="folder with autoencoder.safetensors/.json")
+    analyze.add_argument("--snapshots", help="snapshots file (default: the folder's)")
+    analyze.add_argument("--sigmas", default="5e-5,5e-4,5e-3,5e-2,5e-1")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("tgap", "ae-analyze"):
+            from fedpress.autoencoders.cli import main as ae_main
+
+            return ae_main(args)
         if args.command == "config":
             from fedpress.config import load_config
 

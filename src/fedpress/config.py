@@ -27,6 +27,7 @@ METHODS = (
     "fed-full",
     "centralized-full",
     "centralized-cyclic",
+    "cg-fedllm",
 )
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
 
@@ -152,6 +153,56 @@ class CybgdConfig:
     prune_ratio: float = 0.0
     # Clients hold the pretrained weights and receive only blocks changed since they last synced.
     delta_sync: bool = True
+class AutoencoderConfig:
+    """CG-FedLLM's learned uplink codec (docs/cg_fedllm.md): architecture, rate, TGAP, FAF."""
+
+    # resnet3 | cnn1d | uformer0 | uformer1 | uformer2 (U-Former with 0/1/2 transformer blocks)
+    arch: str = "resnet3"
+    # Input numbers per latent number (64 = the paper's 1/64); must divide 4096.
+    compression: int = 64
+    # fp16 | fp32: dtype of the latent on the wire.
+    latent_dtype: str = "fp16"
+    # A trained autoencoder (folder with autoencoder.safetensors + autoencoder.json); empty:
+    # cg-fedllm runs TGAP first inside the run.
+    checkpoint: str = ""
+    # FAF: frozen (the paper), or adapted every `adapt_every` rounds (0 = frozen): those rounds'
+    # clients send fp16 updates, the server fine-tunes the autoencoder on them and re-ships it.
+    adapt_every: int = 0
+    adapt_steps: int = 50
+    # auto (on) | on | off: error feedback around the autoencoder codec (clients then also
+    # receive the decoder, to know what the server will reconstruct).
+    error_feedback: str = "auto"
+    # TGAP: each client trains LoRA on its D1 share and records its adapter change every
+    # `snapshot_steps` steps (0 = train.local_steps), `snapshots` times.
+    snapshots: int = 8
+    snapshot_steps: int = 0
+    # Autoencoder training on the pooled snapshots.
+    val_fraction: float = 0.25
+    train_steps: int = 300
+    batch_size: int = 8
+    # Training crops (pixels per side, a multiple of 64): convolutions share weights.
+    crop: int = 256
+    lr: float = 1e-3
+    # Input scaling: per-tensor RMS times a gain fitted at TGAP so that this quantile of
+    # |x / rms| lands at the tanh ceiling (values beyond are clamped; error feedback resends them).
+    scale_quantile: float = 0.999
+
+
+@dataclass
+class PrivacyConfig:
+    """Client-level differential privacy (Geyer et al. 2017; docs/cg_fedllm.md)."""
+
+    enabled: bool = False
+    # Gaussian noise multiplier sigma (noise std = sigma * clip_norm / K on the mean of K
+    # sampled clients); 0 with target_epsilon > 0: calibrated to reach target_epsilon.
+    noise_multiplier: float = 1.0
+    target_epsilon: float = 0.0
+    clip_norm: float = 0.1
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | pld (dp-accounting)
+    # Clip on the client before encoding too (keeps the codec's input in range); the server's
+    # clip of the decoded update is what the guarantee rests on, and is always applied.
+    client_clip: bool = True
 
 
 @dataclass
@@ -172,6 +223,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cybgd: CybgdConfig = field(default_factory=CybgdConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def validate(self) -> RunConfig:
         _check_choice("method", self.method, METHODS)
@@ -214,6 +267,10 @@ class RunConfig:
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
         self.cybgd_checks()
+        if self.method == "cg-fedllm" and self.data.holdout_fraction == 0.0:
+            self.data.holdout_fraction = 0.3  # SPEC: D1 (TGAP) : D2 (FAF) = 3 : 7
+        _validate_autoencoder(self.autoencoder)
+        _validate_privacy(self.privacy)
         return self
 
     def cybgd_checks(self) -> None:
@@ -247,6 +304,53 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2")
+
+
+def _validate_autoencoder(ae: AutoencoderConfig) -> None:
+    _check_choice("autoencoder.arch", ae.arch, AUTOENCODER_ARCHS)
+    _check_choice("autoencoder.latent_dtype", ae.latent_dtype, ("fp16", "fp32"))
+    _check_choice("autoencoder.error_feedback", ae.error_feedback, ("auto", "on", "off"))
+    if ae.compression < 1 or 4096 % ae.compression:
+        raise FedpressError(
+            f"config key 'autoencoder.compression' must divide 4096 (e.g. 16, 32, 64, 128), "
+            f"got {ae.compression}"
+        )
+    for key, value, low in (
+        ("autoencoder.snapshots", ae.snapshots, 2),
+        ("autoencoder.snapshot_steps", ae.snapshot_steps, 0),
+        ("autoencoder.train_steps", ae.train_steps, 1),
+        ("autoencoder.batch_size", ae.batch_size, 1),
+        ("autoencoder.adapt_every", ae.adapt_every, 0),
+        ("autoencoder.adapt_steps", ae.adapt_steps, 1),
+        ("autoencoder.crop", ae.crop, 64),
+    ):
+        if value < low:
+            raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")
+    if ae.crop % 64:
+        raise FedpressError(f"config key 'autoencoder.crop' must be a multiple of 64: {ae.crop}")
+    if not 0.0 < ae.val_fraction < 1.0:
+        raise FedpressError("config key 'autoencoder.val_fraction' must be in (0, 1)")
+    if not 0.5 <= ae.scale_quantile <= 1.0:
+        raise FedpressError("config key 'autoencoder.scale_quantile' must be in [0.5, 1]")
+    if ae.lr <= 0:
+        raise FedpressError("config key 'autoencoder.lr' must be > 0")
+
+
+def _validate_privacy(dp: PrivacyConfig) -> None:
+    _check_choice("privacy.accountant", dp.accountant, ("rdp", "pld"))
+    if dp.clip_norm <= 0:
+        raise FedpressError("config key 'privacy.clip_norm' must be > 0")
+    if not 0.0 < dp.delta < 1.0:
+        raise FedpressError("config key 'privacy.delta' must be in (0, 1)")
+    if dp.noise_multiplier < 0 or dp.target_epsilon < 0:
+        raise FedpressError("config keys 'privacy.noise_multiplier/target_epsilon' must be >= 0")
+    if dp.enabled and dp.noise_multiplier == 0 and dp.target_epsilon == 0:
+        raise FedpressError(
+            "privacy is enabled with noise_multiplier = 0 and no target_epsilon: no guarantee"
+        )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

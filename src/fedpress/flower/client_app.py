@@ -46,6 +46,10 @@ def train(msg: Message, context: Context) -> Message:
         return getattr(importlib.import_module(module), function)(msg, context, config)
 
     task = build_task(config)
+    if instructions.get(protocol.PHASE) == "tgap":  # CG-FedLLM pre-training: D1 snapshots
+        from fedpress.autoencoders.tgap import client_tgap
+
+        return client_tgap(msg, task, partition_id)
     data = _share(task, partition_id)
     with stopwatch() as download_codec:
         global_state = _receive_global(msg, context, task)
@@ -60,7 +64,16 @@ def train(msg: Message, context: Context) -> Message:
     end_state = task.adapter()
     with stopwatch() as upload_codec:
         delta = {name: end_state[name] - global_state[name] for name in end_state}
-        codec = protocol.make_codec(config.uplink_codec, config.codec, uplink=True)
+        if config.privacy.enabled and config.privacy.client_clip:
+            from fedpress.privacy import clip_update
+
+            delta = clip_update(delta, config.privacy.clip_norm)
+        if config.method == "cg-fedllm":
+            from fedpress.methods.cg_fedllm import client_uplink_codec
+
+            codec = client_uplink_codec(msg, context, config, task.adapter_shapes())
+        else:
+            codec = protocol.make_codec(config.uplink_codec, config.codec, uplink=True)
         if protocol.UPLINK_CODEC_STATE in context.state:
             codec.load_state_dict(
                 protocol.record_to_arrays(context.state[protocol.UPLINK_CODEC_STATE])

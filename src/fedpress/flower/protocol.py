@@ -23,6 +23,7 @@ GLOBAL_DELTA = "global-delta"  # or: the encoded change since what this client h
 INSTRUCTIONS = "instructions"
 RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON
 SERVER_ROUND = "server-round"
+PHASE = "phase"  # optional: "tgap" asks for CG-FedLLM pre-training snapshots instead
 
 # Client -> server (query reply): which data partition this node holds.
 NODE_INFO = "node-info"

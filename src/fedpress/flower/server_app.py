@@ -8,6 +8,7 @@ run config key `config` (set in deploy/pyproject.toml or with `flwr run --run-co
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpress.config import RunConfig, load_config
+from fedpress.methods.cg_fedllm import run_cg_fedllm
 from fedpress.methods.fed_full import run_fed_full
 from fedpress.methods.fedcybgd import run_fedcybgd
 from fedpress.methods.lora_fedavg import run_lora_fedavg
@@ -23,6 +25,7 @@ FEDERATED_METHODS = {
     "lora-fedavg": run_lora_fedavg,
     "fedcybgd": run_fedcybgd,
     "fed-full": run_fed_full,
+    "cg-fedllm": run_cg_fedllm,
 }
 
 
@@ -38,14 +41,17 @@ def make_server_app(
     parallel_clients: int,
     box: dict[str, Any],
     resume: bool = False,
+    entry: Callable[..., dict[str, Any]] | None = None,
 ) -> ServerApp:
-    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`."""
+    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`.
+    `entry` replaces the configured method (e.g. `fedpress tgap` runs only that phase)."""
     server_app = ServerApp()
+    runner = entry or run_method
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            box["summary"] = run_method(grid, config, out_dir, parallel_clients, resume)
+            box["summary"] = runner(grid, config, out_dir, parallel_clients, resume)
         except BaseException as exc:  # handed back to the CLI thread, which reports it
             box["error"] = exc
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def simulate(
     verbose: bool = False,
     resume: bool = False,
     client_app: ClientApp | None = None,
+    entry: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run `config` on the simulation engine; `client_app` replaces fedpress's own (tests
     use it to put misbehaving clients into a real run)."""
@@ -46,7 +48,7 @@ def simulate(
         },
     }
     box: dict[str, Any] = {}
-    server_app = make_server_app(config, out_dir, parallel_slots(config), box, resume)
+    server_app = make_server_app(config, out_dir, parallel_slots(config), box, resume, entry)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
         server_app=server_app,

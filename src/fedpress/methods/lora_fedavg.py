@@ -81,6 +81,19 @@ class LoraFedAvg(Strategy):
         self.views: dict[int, dict[str, torch.Tensor]] = {}
         # node id -> partition id, learned from the nodes at start (see discover_partitions).
         self.partitions: dict[int, int] = {}
+        # Client-level DP on the aggregate (privacy.enabled): clip, uniform mean, Gaussian noise.
+        self.privacy = None
+        if config.privacy.enabled:
+            from fedpress.privacy import PrivateAggregator
+
+            self.privacy = PrivateAggregator(config)
+
+    def prepare(self, grid: Grid, task, out_dir: Path, resume: bool) -> None:  # noqa: ANN001
+        """Hook before the first round, once the partitions are known (CG-FedLLM: TGAP)."""
+
+    def summary_extra(self) -> dict:
+        """Method-specific figures for summary.json."""
+        return self.privacy.summary() if self.privacy is not None else {}
 
     def summary(self) -> None:
         log.info(
@@ -179,7 +192,12 @@ class LoraFedAvg(Strategy):
             return None, None
         total = sum(weight for _, weight, _ in accepted)
         new_state = {}
+        if self.privacy is not None:
+            noisy_mean = self.privacy.aggregate([d for d, _, _ in accepted], server_round)
+            new_state = {name: value + noisy_mean[name] for name, value in self.current.items()}
         for name, value in self.current.items():
+            if name in new_state:
+                continue
             mean_delta = sum(delta[name] * (weight / total) for delta, weight, _ in accepted)
             new_state[name] = value + mean_delta
         stats.train_loss = sum(m["train-loss"] * w for _, w, m in accepted) / total
@@ -286,11 +304,13 @@ def run_lora_fedavg(
     resume: bool = False,
     task: LoraTask | None = None,
     weights_file: str = "adapter.safetensors",
+    strategy_cls: type[LoraFedAvg] = LoraFedAvg,
 ) -> dict:
     """The whole federated run, inside the ServerApp. `task` replaces the LoRA task (fed-full
-    passes the full model, whose "adapter" is every parameter)."""
+    passes the full model, whose "adapter" is every parameter); `strategy_cls` is a LoraFedAvg
+    variant (cg-fedllm's)."""
     task = task or build_task(config)
-    strategy = LoraFedAvg(config, task.adapter_shapes(), task.initial_adapter, parallel_clients)
+    strategy = strategy_cls(config, task.adapter_shapes(), task.initial_adapter, parallel_clients)
     checkpoint = load_checkpoint(out_dir) if resume else None
     arrays = protocol.tensors_to_record(task.initial_adapter)
     first_round = 1
@@ -305,6 +325,7 @@ def run_lora_fedavg(
         recorder = RunRecorder(out_dir, config)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
     strategy.partitions = discover_partitions(grid, config)
+    strategy.prepare(grid, task, out_dir, resume)
     grid = ProgressGrid(grid, "round")
     progress = tqdm(
         total=config.rounds, initial=first_round - 1, desc=f"{config.method} rounds", unit="round"
@@ -340,7 +361,12 @@ def run_lora_fedavg(
     task.set_adapter(final_state)
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     return recorder.finish(
-        final_state, final.loss, final.accuracy, final.examples, weights_file=weights_file
+        final_state,
+        final.loss,
+        final.accuracy,
+        final.examples,
+        strategy.summary_extra(),
+        weights_file=weights_file,
     )
 
 

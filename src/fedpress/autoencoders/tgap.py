@@ -1,0 +1,499 @@
+"""TGAP (Temporal-ensemble Gradient-Aware Pre-training), federated honestly.
+
+1. The server sends every client a TGAP instruction (a Flower TRAIN message, phase "tgap").
+2. Each client trains LoRA on its D1 share (`data.holdout_fraction`), uncompressed, starting
+   from the seeded initial adapter, and records its adapter *change* every `snapshot_steps`
+   steps (the same quantity FAF encodes: the change over one round's worth of local steps),
+   `snapshots` times. Its reply carries the snapshots as fp16 payloads (the `fp16` codec), so
+   the bytes they cost are counted by `message_nbytes` like every other message.
+3. The server pools the snapshots of all clients (the temporal ensemble), holds out a
+   validation part, fits the input gain, trains the autoencoder on random crops, reports
+   reconstruction MSE, cosine similarity and SNR (per-element means) on the validation part,
+   and saves `autoencoder.safetensors` + `autoencoder.json` + `tgap_curve.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from fedpress.accounting import message_nbytes
+from fedpress.autoencoders import Autoencoder, Layout, build_autoencoder
+from fedpress.codecs import PayloadError, build_codec, pack_payload, unpack_payload
+from fedpress.codecs.autoencoder import AutoencoderCodec
+from fedpress.config import AutoencoderConfig, RunConfig
+from fedpress.errors import FedpressError
+from fedpress.flower import protocol
+
+log = logging.getLogger("fedpress")
+
+SNAPSHOTS = "tgap-snapshots"
+TGAP_METRICS = "tgap-metrics"
+WEIGHTS = "autoencoder.safetensors"
+SNAPSHOT_FILE = "snapshots.safetensors"
+META = "autoencoder.json"
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def snapshot_steps(config: RunConfig) -> int:
+    return config.autoencoder.snapshot_steps or config.train.local_steps
+
+
+def record_snapshots(task, partition_id: int) -> tuple[list[dict[str, torch.Tensor]], float]:  # noqa: ANN001
+    """Train on this client's D1 share; the adapter change of every `snapshot_steps` steps."""
+    config: RunConfig = task.config
+    data = task.encode_all(task.splits.client_holdouts[partition_id])
+    if not data:
+        raise ValueError(f"partition {partition_id} has no D1 (holdout) examples for TGAP")
+    task.set_adapter(task.initial_adapter)
+    steps = snapshot_steps(config)
+    snapshots, losses = [], []
+    for index in range(config.autoencoder.snapshots):
+        before = task.adapter()
+        result = task.train_round(
+            data, index + 1, steps=steps, seed=config.seed * 7_919 + index * 101 + partition_id
+        )
+        after = task.adapter()
+        snapshots.append({name: after[name] - before[name] for name in after})
+        losses.append(result.mean_loss)
+    return snapshots, sum(losses) / len(losses)
+
+
+def client_tgap(msg: Message, task, partition_id: int) -> Message:  # noqa: ANN001
+    """ClientApp handler of the TGAP instruction."""
+    started = time.perf_counter()
+    snapshots, loss = record_snapshots(task, partition_id)
+    codec = build_codec("fp16")
+    shapes = task.adapter_shapes()
+    record = ArrayRecord(
+        {
+            f"{i:05d}": Array(pack_payload(codec, codec.encode(snap), shapes))
+            for i, snap in enumerate(snapshots)
+        }
+    )
+    metrics = MetricRecord(
+        {
+            "num-snapshots": len(snapshots),
+            "train-loss": loss,
+            "train-s": time.perf_counter() - started,
+            "partition-id": partition_id,
+        }
+    )
+    return Message(RecordDict({SNAPSHOTS: record, TGAP_METRICS: metrics}), reply_to=msg)
+
+
+# --------------------------------------------------------------------------- server side
+
+
+@dataclass
+class TgapResult:
+    model: Autoencoder
+    meta: dict
+    bytes_up: list[int] = field(default_factory=list)
+    bytes_down: list[int] = field(default_factory=list)
+    client_train_s: float = 0.0
+    clients_ok: int = 0
+
+
+def read_snapshots(reply: Message, shapes, config: RunConfig) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+    """Validate one client's TGAP reply (PayloadError for anything a client could not send)."""
+    content = reply.content
+    if SNAPSHOTS not in content.array_records:
+        raise PayloadError(f"TGAP reply has no '{SNAPSHOTS}' record")
+    record = content.array_records[SNAPSHOTS]
+    if not 1 <= len(record) <= config.autoencoder.snapshots:
+        raise PayloadError(f"TGAP reply has {len(record)} snapshots")
+    codec = build_codec("fp16")
+    limit = codec.max_payload_bytes(shapes)
+    out = []
+    for key in sorted(record):
+        array = record[key]
+        if array.dtype != "uint8" or len(array.shape) != 1 or array.shape[0] != limit:
+            raise PayloadError(f"snapshot {key!r} is {array.dtype}{tuple(array.shape)}")
+        out.append(codec.decode(unpack_payload(codec, array.numpy(), shapes), shapes))
+    return out
+
+
+def collect_snapshots(grid, config: RunConfig, partitions: dict[int, int], shapes) -> tuple:  # noqa: ANN001
+    """Ask every client for its D1 snapshots; returns (snapshots, bytes_up, bytes_down, s)."""
+    instructions = ConfigRecord(
+        {protocol.RUN_CONFIG: config.to_json(), protocol.SERVER_ROUND: 0, protocol.PHASE: "tgap"}
+    )
+    messages = [
+        Message(
+            content=RecordDict({protocol.INSTRUCTIONS: instructions}),
+            message_type=MessageType.TRAIN,
+            dst_node_id=node,
+        )
+        for node in sorted(partitions)
+    ]
+    bytes_down = [message_nbytes(m) for m in messages]
+    bytes_up, pooled, client_s = [], [], 0.0
+    replies = grid.send_and_receive(messages, timeout=config.federation.round_timeout_s)
+    for reply in sorted(replies, key=lambda r: partitions.get(r.metadata.src_node_id, -1)):
+        bytes_up.append(message_nbytes(reply))
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("TGAP: client on node %d failed: %s", node, reply.error.reason)
+            continue
+        try:
+            pooled.extend(read_snapshots(reply, shapes, config))
+        except (PayloadError, ValueError) as exc:
+            log.warning("TGAP: rejected reply from node %d: %s", node, exc)
+            continue
+        metrics = reply.content.metric_records.get(TGAP_METRICS, {})
+        client_s += float(metrics.get("train-s", 0.0))
+    return pooled, bytes_up, bytes_down, client_s
+
+
+def fit_input_gain(
+    layout: Layout, updates: list[dict[str, torch.Tensor]], quantile: float
+) -> float:
+    """Gain so that `quantile` of |x / rms| (per tensor) is at 1, the tanh ceiling."""
+    ratios = []
+    for update in updates:
+        rms = layout.rms(update)
+        for name, r in zip(layout.names, rms.tolist(), strict=True):
+            if r > 0:
+                ratios.append((update[name].reshape(-1).abs() / r).float())
+    values = torch.cat(ratios)
+    if values.numel() > 2_000_000:
+        pick = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))
+        values = values[pick[:2_000_000]]
+    return max(float(torch.quantile(values, quantile)), 1e-3)
+
+
+def _crops(images: torch.Tensor, crop: int, count: int, rng: random.Random, flat: bool):
+    """`count` random crops (crop x crop) of the (N, H, W) images; 1-D models get contiguous
+    runs of the stream instead (their input is the flattened image)."""
+    n, height, width = images.shape
+    out = []
+    for _ in range(count):
+        i = rng.randrange(n)
+        if flat:
+            length = crop * crop
+            start = rng.randrange(0, height * width - length + 1)
+            start -= start % 64
+            out.append(images[i].reshape(-1)[start : start + length].reshape(crop, crop))
+        else:
+            top = rng.randrange(0, height - crop + 1)
+            left = rng.randrange(0, width - crop + 1)
+            out.append(images[i, top : top + crop, left : left + crop])
+    return torch.stack(out)[:, None]
+
+
+def reconstruction_metrics(
+    codec: AutoencoderCodec, updates: list[dict[str, torch.Tensor]]
+) -> dict[str, float]:
+    """Per-element means on both sides: MSE, SNR = mean(x^2) / mean((x - x_hat)^2), cosine."""
+    signal = error = count = 0.0
+    cosines = []
+    for update in updates:
+        decoded = codec.decode(codec.encode(update), codec.layout.shapes, validate=False)
+        x = torch.cat([update[n].reshape(-1).double() for n in codec.layout.names])
+        y = torch.cat([decoded[n].reshape(-1).double() for n in codec.layout.names])
+        signal += float(x.pow(2).sum())
+        error += float((x - y).pow(2).sum())
+        count += x.numel()
+        cosines.append(float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
+    mse = error / count
+    snr = (signal / count) / mse if mse > 0 else math.inf
+    return {
+        "mse": mse,
+        "cosine": sum(cosines) / len(cosines),
+        "snr": snr,
+        "snr_db": 10 * math.log10(snr) if 0 < snr < math.inf else math.inf,
+    }
+
+
+def train_autoencoder(
+    updates: list[dict[str, torch.Tensor]],
+    shapes,  # noqa: ANN001
+    options: AutoencoderConfig,
+    seed: int,
+    out_dir: Path | None = None,
+    init: Autoencoder | None = None,
+) -> tuple[Autoencoder, dict]:
+    """Train `options.arch` (or fine-tune `init`) on the pooled snapshots; returns the model
+    and its metadata."""
+    if len(updates) < 2:
+        raise FedpressError(f"TGAP needs at least 2 snapshots, got {len(updates)}")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    order = list(range(len(updates)))
+    rng.shuffle(order)
+    n_val = max(1, round(options.val_fraction * len(updates)))
+    val_indices = sorted(order[:n_val])
+    val = [updates[i] for i in val_indices]
+    train = [updates[i] for i in order[n_val:]]
+    layout = Layout(shapes)
+    gain = fit_input_gain(layout, train, options.scale_quantile)
+    if init is not None:
+        model = copy.deepcopy(init)
+    else:
+        model = build_autoencoder(options.arch, options.compression)
+    codec = AutoencoderCodec(model, shapes, gain, options.latent_dtype)
+    images = torch.stack([layout.to_image(u, codec.scales_of(u)) for u in train])
+    val_images = torch.stack([layout.to_image(u, codec.scales_of(u)) for u in val])
+    crop = min(options.crop, layout.height, layout.width)
+    crop -= crop % 64
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    flat = model.arch == "cnn1d"
+    history: list[dict] = []
+    eval_every = max(1, options.train_steps // 10)
+    started = time.perf_counter()
+    for step in tqdm(range(1, options.train_steps + 1), desc=f"TGAP {options.arch}", unit="step"):
+        model.train()
+        batch = _crops(images, crop, options.batch_size, rng, flat)
+        loss = torch.nn.functional.mse_loss(model(batch).reshape(batch.shape), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % eval_every == 0 or step == options.train_steps:
+            model.eval()
+            with torch.no_grad():
+                recon = model(val_images[:, None]).reshape(val_images.shape)
+                val_loss = float(torch.nn.functional.mse_loss(recon, val_images))
+            history.append({"step": step, "train_mse": float(loss.detach()), "val_mse": val_loss})
+    model.eval()
+    meta = {
+        "arch": model.arch,
+        "compression": model.compression,
+        "latent_dtype": options.latent_dtype,
+        "input_gain": gain,
+        "input_scaling": "per-tensor RMS x input_gain, clamped to [-1, 1]",
+        "layout": {
+            "height": layout.height,
+            "width": layout.width,
+            "numel": layout.numel,
+            "padding": layout.padding,
+        },
+        "latent_shape": list(codec.latent_shape),
+        "shapes": {name: list(shape) for name, shape in layout.shapes.items()},
+        "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
+        "decoder_params": sum(p.numel() for p in model.decoder.parameters()),
+        "snapshots_train": len(train),
+        "snapshots_val": len(val),
+        "val_indices": val_indices,
+        "train_steps": options.train_steps,
+        "train_s": time.perf_counter() - started,
+        "history": history,
+        "validation": reconstruction_metrics(codec, val),
+        "train_fit": reconstruction_metrics(codec, train[: max(1, len(val))]),
+    }
+    if out_dir is not None:
+        save_autoencoder(out_dir, model, meta)
+    return model, meta
+
+
+def save_autoencoder(folder: Path, model: Autoencoder, meta: dict) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    plot_history(meta, folder / "tgap_curve.png")
+
+
+def load_autoencoder(folder: str | Path, shapes=None) -> tuple[Autoencoder, dict]:  # noqa: ANN001
+    """A saved autoencoder; FedpressError if missing or made for other adapter shapes."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / META).is_file():
+        raise FedpressError(f"no autoencoder in {folder} (needs {WEIGHTS} and {META})")
+    meta = json.loads((folder / META).read_text())
+    if shapes is not None:
+        expected = {name: list(shape) for name, shape in shapes.items()}
+        if meta.get("shapes") != expected:
+            raise FedpressError(f"the autoencoder in {folder} was trained for other LoRA shapes")
+    model = build_autoencoder(meta["arch"], int(meta["compression"]))
+    try:
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except RuntimeError as exc:
+        raise FedpressError(f"{folder / WEIGHTS} does not fit {meta['arch']}: {exc}") from None
+    return model.eval(), meta
+
+
+def plot_history(meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in meta["history"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [h["train_mse"] for h in meta["history"]], "o-", label="train MSE (batch)")
+    ax.plot(steps, [h["val_mse"] for h in meta["history"]], "s-", label="validation MSE")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE of the scaled image")
+    val = meta["validation"]
+    ax.set_title(
+        f"TGAP {meta['arch']} 1/{meta['compression']}: val cos {val['cosine']:.3f}, "
+        f"SNR {val['snr_db']:.2f} dB"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_tgap_phase(
+    grid, config: RunConfig, partitions: dict[int, int], task, out_dir: Path
+) -> TgapResult:  # noqa: ANN001
+    """The whole TGAP phase inside the ServerApp: collect snapshots, train, save."""
+    shapes = task.adapter_shapes()
+    pooled, bytes_up, bytes_down, client_s = collect_snapshots(grid, config, partitions, shapes)
+    log.info("TGAP: %d snapshots from %d replies", len(pooled), len(bytes_up))
+    folder = Path(out_dir) / "autoencoder"
+    save_snapshots(folder / SNAPSHOT_FILE, pooled)
+    model, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
+    meta["tgap_bytes_up"] = sum(bytes_up)
+    meta["tgap_bytes_down"] = sum(bytes_down)
+    meta["tgap_client_train_s"] = client_s
+    meta["tgap_snapshots"] = len(pooled)
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    val = meta["validation"]
+    log.warning(
+        "TGAP %s: validation cos %.3f, SNR %.2f dB, MSE %.3g",
+        config.autoencoder.arch,
+        val["cosine"],
+        val["snr_db"],
+        val["mse"],
+    )
+    return TgapResult(model, meta, bytes_up, bytes_down, client_s, len(pooled))
+
+
+def np_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+
+
+def save_snapshots(path: Path, snapshots: list[dict[str, torch.Tensor]]) -> None:
+    """The pooled TGAP snapshots (to retrain other architectures on the same collection)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {
+        f"{i:05d}/{name}": t.contiguous() for i, s in enumerate(snapshots) for name, t in s.items()
+    }
+    save_file(flat, str(path))
+
+
+def load_snapshots(path: str | Path, shapes) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
+    path = Path(path)
+    if not path.is_file():
+        raise FedpressError(f"no TGAP snapshots at {path}")
+    flat = load_file(str(path))
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        index, _, name = key.partition("/")
+        snapshots.setdefault(index, {})[name] = tensor.float()
+    out = [snapshots[k] for k in sorted(snapshots)]
+    for snap in out:
+        if {n: tuple(t.shape) for n, t in snap.items()} != dict(shapes):
+            raise FedpressError(f"the snapshots in {path} were taken for other LoRA shapes")
+    return out
+
+
+def run_tgap_only(
+    grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
+) -> dict:  # noqa: ANN001, E501
+    """ServerApp entry of `fedpress tgap`: partitions, then the TGAP phase alone."""
+    from fedpress.methods.lora_fedavg import discover_partitions
+    from fedpress.task import build_task
+
+    task = build_task(config)
+    partitions = discover_partitions(grid, config)
+    return run_tgap_phase(grid, config, partitions, task, out_dir).meta
+
+
+def retrain_from_snapshots(config: RunConfig, snapshots: Path, out_dir: Path) -> dict:
+    """Train `config.autoencoder` on snapshots a TGAP phase already collected (no new
+    messages); the collection's byte counts are copied from its autoencoder.json."""
+    from fedpress.task import build_task
+
+    shapes = build_task(config).adapter_shapes()
+    pooled = load_snapshots(snapshots, shapes)
+    folder = Path(out_dir) / "autoencoder"
+    _, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
+    source = Path(snapshots).parent / META
+    if source.is_file():
+        origin = json.loads(source.read_text())
+        for key in ("tgap_bytes_up", "tgap_bytes_down", "tgap_client_train_s", "tgap_snapshots"):
+            meta[key] = origin.get(key)
+    meta["snapshots_from"] = str(snapshots)
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def noise_robustness(
+    codec: AutoencoderCodec,
+    updates: list[dict[str, torch.Tensor]],
+    sigmas: list[float],
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Reconstruction of x from encode(x + N(0, sigma^2)): the pipeline's robustness to noise
+    on the update (SPEC's analysis; sigma from 5e-5 to 5e-1)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for sigma in sigmas:
+        signal = error = count = 0.0
+        cosines = []
+        for update in updates:
+            noisy = {
+                n: t + sigma * torch.randn(t.shape, generator=generator) for n, t in update.items()
+            }
+            decoded = codec.decode(codec.encode(noisy), codec.layout.shapes, validate=False)
+            x = torch.cat([update[n].reshape(-1).double() for n in codec.layout.names])
+            y = torch.cat([decoded[n].reshape(-1).double() for n in codec.layout.names])
+            signal += float(x.pow(2).sum())
+            error += float((x - y).pow(2).sum())
+            count += x.numel()
+            cosines.append(float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
+        snr = signal / error if error > 0 else math.inf
+        rows.append(
+            {
+                "sigma": sigma,
+                "cosine": sum(cosines) / len(cosines),
+                "snr_db": 10 * math.log10(snr) if 0 < snr < math.inf else math.inf,
+                "update_rms": math.sqrt(signal / count),
+            }
+        )
+    return rows
+
+
+def analyze(folder: Path, sigmas: list[float], snapshots: Path | None = None) -> dict:
+    """`fedpress ae-analyze`: validation SNR/cosine and noise robustness of a saved autoencoder."""
+    model, meta = load_autoencoder(folder)
+    shapes = {name: tuple(shape) for name, shape in meta["shapes"].items()}
+    pooled = load_snapshots(snapshots or Path(folder) / SNAPSHOT_FILE, shapes)
+    val = [pooled[i] for i in meta.get("val_indices", []) if i < len(pooled)] or pooled
+    codec = AutoencoderCodec(model, shapes, float(meta["input_gain"]), meta["latent_dtype"])
+    report = {
+        "arch": meta["arch"],
+        "compression": meta["compression"],
+        "validation": reconstruction_metrics(codec, val),
+        "noise": noise_robustness(codec, val, sigmas),
+    }
+    (Path(folder) / "analysis.json").write_text(json.dumps(report, indent=2))
+    return report
