@@ -153,6 +153,9 @@ class CybgdConfig:
     prune_ratio: float = 0.0
     # Clients hold the pretrained weights and receive only blocks changed since they last synced.
     delta_sync: bool = True
+
+
+@dataclass
 class AutoencoderConfig:
     """CG-FedLLM's learned uplink codec (docs/cg_fedllm.md): architecture, rate, TGAP, FAF."""
 
