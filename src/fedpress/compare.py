@@ -266,6 +266,7 @@ def run_matrix(
         bar.set_postfix_str(variant.name)
         if state == "done":
             entry["status"] = "skipped"
+            _write_json(out / STATUS_FILE, status)
             tqdm.write(f"{variant.name}: finished before with this config, skipped")
             continue
         tqdm.write(
