@@ -219,6 +219,12 @@ def run_matrix(
 
     matrix_path = Path(matrix_path)
     matrix = load_matrix(matrix_path)
+    if (
+        out_dir is None
+        and matrix_path.name == MATRIX_COPY
+        and (matrix_path.parent / STATUS_FILE).is_file()
+    ):
+        out_dir = matrix_path.parent  # `fedpress compare runs/x/matrix.toml` continues runs/x
     out = Path(out_dir or Path("runs") / matrix_path.stem)
     states: dict[str, tuple[str, str]] = {}
     for variant in matrix.variants:
