@@ -57,7 +57,7 @@ def compared(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
         [sys.executable, "-m", "fedpress.cli", "compare", str(matrix), "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=900,  # about 40 s on an idle 2-core machine; generous for loaded CI runners
+        timeout=900,  # took 135-270 s here at load average 10-25; generous for loaded runners
     )
     return out, result
 
