@@ -219,32 +219,38 @@ def run_matrix(
 
     matrix_path = Path(matrix_path)
     matrix = load_matrix(matrix_path)
+    if (
+        out_dir is None
+        and matrix_path.name == MATRIX_COPY
+        and (matrix_path.parent / STATUS_FILE).is_file()
+    ):
+        out_dir = matrix_path.parent  # `fedpress compare runs/x/matrix.toml` continues runs/x
     out = Path(out_dir or Path("runs") / matrix_path.stem)
-    states: dict[str, tuple[str, str]] = {}
+    states = {v.name: folder_state(out / v.name, v.config)[0] for v in matrix.variants}
     for variant in matrix.variants:
-        folder = out / variant.name
-        state, why = folder_state(folder, variant.config)
-        if state == "conflict":
-            if not move_aside:
-                raise FedpressError(
-                    f"variant '{variant.name}': {folder} cannot be reused: {why}. "
-                    "Delete or rename it, choose another --out, or pass --move-aside"
-                )
-            aside = folder.with_name(f"{folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-            folder.rename(aside)
-            tqdm.write(f"moved {folder} aside to {aside}")
-            state, why = "new", ""
-        states[variant.name] = (state, why)
+        if states[variant.name] == "conflict" and not move_aside:
+            why = folder_state(out / variant.name, variant.config)[1]
+            raise FedpressError(
+                f"variant '{variant.name}': {out / variant.name} cannot be reused: {why}. "
+                "Delete or rename it, choose another --out, or pass --move-aside"
+            )
     checked: set[str] = set()
     for variant in matrix.variants:
         c = variant.config
         key = json.dumps([c.model, c.to_dict()["data"], c.num_clients, c.seed], sort_keys=True)
-        if key not in checked and states[variant.name][0] != "done":
+        if key not in checked and states[variant.name] != "done":
             try:
                 preflight(c)
             except FedpressError as exc:
                 raise FedpressError(f"variant '{variant.name}': {exc}") from None
             checked.add(key)
+    for name, state in states.items():
+        if state == "conflict":  # only with move_aside, and only once all checks passed
+            folder = out / name
+            aside = folder.with_name(f"{name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            folder.rename(aside)
+            tqdm.write(f"moved {folder} aside to {aside}")
+            states[name] = "new"
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MATRIX_COPY).write_text(matrix_path.read_text())
@@ -261,11 +267,12 @@ def run_matrix(
     _write_json(out / STATUS_FILE, status)
     bar = tqdm(matrix.variants, desc="compare", unit="variant", position=0, dynamic_ncols=True)
     for variant, entry in zip(bar, status["variants"], strict=True):
-        state = states[variant.name][0]
+        state = states[variant.name]
         folder = out / variant.name
         bar.set_postfix_str(variant.name)
         if state == "done":
             entry["status"] = "skipped"
+            _write_json(out / STATUS_FILE, status)
             tqdm.write(f"{variant.name}: finished before with this config, skipped")
             continue
         tqdm.write(
@@ -275,6 +282,7 @@ def run_matrix(
         _write_json(out / STATUS_FILE, status)
         started = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.log").unlink(missing_ok=True)  # from an earlier failed attempt
         if not (folder / "config.toml").is_file():
             # Marks the folder as this variant's even if the run fails before writing anything.
             variant.config.save(folder / "config.toml")

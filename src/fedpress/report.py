@@ -356,7 +356,8 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         "Uplink ratio = uplink bytes of the reference variant"
         + (f" (`{reference.name}`)" if reference else " (none finished)")
         + " / this variant's.",
-        "Client peak memory: the client process's peak RSS (CUDA allocator peak on GPU).",
+        "Client peak memory: the client process's peak RSS (CUDA allocator peak on GPU); "
+        "for centralized runs, the one training process's.",
     ]
     if eval_sizes:
         notes.append(
@@ -381,7 +382,8 @@ def _variant_lines(results: list[VariantResult]) -> list[str]:
     lines = []
     for r in results:
         keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in r.overrides.items()) or "(base)"
-        lines.append(f"`{r.name}` ({r.status}): {keys}")
+        status = "done in an earlier compare" if r.status == "skipped" else r.status
+        lines.append(f"`{r.name}` ({status}): {keys}")
     return lines
 
 
