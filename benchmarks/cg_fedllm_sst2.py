@@ -67,6 +67,10 @@ def main() -> None:
     )
     parser.add_argument("--tgap-from", help="reuse a `fedpress tgap` output folder's snapshots")
     parser.add_argument("--name", default="cg_fedllm_sst2")
+    parser.add_argument("--work", default="cg_fedllm_sst2", help="run folder under results/runs")
+    parser.add_argument(
+        "--assemble", action="store_true", help="only tabulate rows already measured (no runs)"
+    )
     args = parser.parse_args()
     quiet()
     rows_wanted = args.rows.split(",")
@@ -82,7 +86,7 @@ def main() -> None:
         "autoencoder.train_steps": args.ae_steps,
         "autoencoder.crop": args.ae_crop,
     }
-    work = RESULTS / "runs" / args.name
+    work = RESULTS / "runs" / args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.test_examples:
         lines = (SHARED_DATA / "sst2" / "test.tsv").read_text().splitlines(keepends=True)
@@ -99,6 +103,8 @@ def main() -> None:
         if (out / "summary.json").is_file():  # measured by an earlier invocation: reuse it
             summary = json.loads((out / "summary.json").read_text())
             wall = summary["wall_s"]
+        elif args.assemble:
+            return {}
         else:
             summary = run(make_config({**base, **config_over}), out)
             wall = time.perf_counter() - started
@@ -160,6 +166,8 @@ def main() -> None:
     def autoencoder(arch: str) -> None:
         """Train `arch` on the shared TGAP collection (cached), and analyse it."""
         folder = work / f"ae-{arch}"
+        if args.assemble and not (folder / "autoencoder" / "analysis.json").is_file():
+            return
         if not (folder / "autoencoder" / "autoencoder.json").is_file():
             fedpress(
                 [
@@ -184,7 +192,7 @@ def main() -> None:
 
     def cg_row(arch: str) -> None:
         autoencoder(arch)
-        if "cg" not in rows_wanted:
+        if "cg" not in rows_wanted or arch not in metas:
             return
         record(
             f"cg-fedllm-{arch}",
@@ -199,7 +207,7 @@ def main() -> None:
     for arch in archs:  # every autoencoder first: the reconstruction table costs no FAF run
         autoencoder(arch)
     cg_row(archs[0])
-    if "topk" in rows_wanted:
+    if "topk" in rows_wanted and archs[0] in metas:
         numel = metas[archs[0]]["layout"]["numel"]
         tensors = len(metas[archs[0]]["shapes"])
         payload = latent_payload_bytes(metas[archs[0]])
@@ -214,7 +222,7 @@ def main() -> None:
                 "codec.topk_value_dtype": "fp16",
             },
         )
-    if "dp" in rows_wanted:
+    if "dp" in rows_wanted and archs[0] in metas:
         arch = archs[0]
         clip = args.dp_clip or median_norm(snapshots)
         record(
