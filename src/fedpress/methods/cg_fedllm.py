@@ -127,6 +127,7 @@ class CgFedLLM(LoraFedAvg):
         # decode, and error feedback needs the same reconstruction.
         self.ship_weights = protocol.tensors_to_record(dict(state))
         shipped = {k: meta[k] for k in _SHIPPED_META_KEYS}
+        shipped["width"] = self.uplink_codec.layout.width
         self.ship_meta = ConfigRecord({"json": json.dumps({**shipped, "version": self.version})})
 
     def downlink_record(self, node: int, arrays: ArrayRecord) -> dict:
@@ -223,7 +224,7 @@ def client_uplink_codec(msg: Message, context: Context, config: RunConfig, shape
     if AE_WEIGHTS not in context.state.array_records:
         raise ValueError("no autoencoder received from the server")
     meta = json.loads(str(context.state[AE_META]["json"]))
-    model = build_autoencoder(meta["arch"], int(meta["compression"]))
+    model = build_autoencoder(meta["arch"], int(meta["compression"]), int(meta["width"]))
     weights = protocol.record_to_tensors(context.state[AE_WEIGHTS])
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or missing:
