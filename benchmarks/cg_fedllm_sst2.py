@@ -66,6 +66,9 @@ def main() -> None:
         "--test-examples", type=int, default=0, help="first N of test.tsv (0: all 872)"
     )
     parser.add_argument("--tgap-from", help="reuse a `fedpress tgap` output folder's snapshots")
+    parser.add_argument(
+        "--client-cpus", type=int, default=1, help="2 on 2 cores: one client at a time, less memory"
+    )
     parser.add_argument("--name", default="cg_fedllm_sst2")
     parser.add_argument("--work", default="cg_fedllm_sst2", help="run folder under results/runs")
     parser.add_argument(
@@ -80,7 +83,7 @@ def main() -> None:
         "data.max_length": args.max_length,
         "data.holdout_fraction": 0.3,
         "eval.per_round_examples": 50,
-        "federation.client_cpus": 1,
+        "federation.client_cpus": args.client_cpus,
         "autoencoder.compression": args.compression,
         "autoencoder.snapshots": args.snapshots,
         "autoencoder.train_steps": args.ae_steps,
