@@ -66,7 +66,14 @@ def main() -> None:
         "--test-examples", type=int, default=0, help="first N of test.tsv (0: all 872)"
     )
     parser.add_argument("--tgap-from", help="reuse a `fedpress tgap` output folder's snapshots")
+    parser.add_argument(
+        "--client-cpus", type=int, default=1, help="2 on 2 cores: one client at a time, less memory"
+    )
     parser.add_argument("--name", default="cg_fedllm_sst2")
+    parser.add_argument("--work", default="cg_fedllm_sst2", help="run folder under results/runs")
+    parser.add_argument(
+        "--assemble", action="store_true", help="only tabulate rows already measured (no runs)"
+    )
     args = parser.parse_args()
     quiet()
     rows_wanted = args.rows.split(",")
@@ -76,13 +83,13 @@ def main() -> None:
         "data.max_length": args.max_length,
         "data.holdout_fraction": 0.3,
         "eval.per_round_examples": 50,
-        "federation.client_cpus": 1,
+        "federation.client_cpus": args.client_cpus,
         "autoencoder.compression": args.compression,
         "autoencoder.snapshots": args.snapshots,
         "autoencoder.train_steps": args.ae_steps,
         "autoencoder.crop": args.ae_crop,
     }
-    work = RESULTS / "runs" / args.name
+    work = RESULTS / "runs" / args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.test_examples:
         lines = (SHARED_DATA / "sst2" / "test.tsv").read_text().splitlines(keepends=True)
@@ -99,6 +106,8 @@ def main() -> None:
         if (out / "summary.json").is_file():  # measured by an earlier invocation: reuse it
             summary = json.loads((out / "summary.json").read_text())
             wall = summary["wall_s"]
+        elif args.assemble:
+            return {}
         else:
             summary = run(make_config({**base, **config_over}), out)
             wall = time.perf_counter() - started
@@ -160,6 +169,8 @@ def main() -> None:
     def autoencoder(arch: str) -> None:
         """Train `arch` on the shared TGAP collection (cached), and analyse it."""
         folder = work / f"ae-{arch}"
+        if args.assemble and not (folder / "autoencoder" / "analysis.json").is_file():
+            return
         if not (folder / "autoencoder" / "autoencoder.json").is_file():
             fedpress(
                 [
@@ -184,7 +195,7 @@ def main() -> None:
 
     def cg_row(arch: str) -> None:
         autoencoder(arch)
-        if "cg" not in rows_wanted:
+        if "cg" not in rows_wanted or arch not in metas:
             return
         record(
             f"cg-fedllm-{arch}",
@@ -196,8 +207,10 @@ def main() -> None:
             metas[arch],
         )
 
+    for arch in archs:  # every autoencoder first: the reconstruction table costs no FAF run
+        autoencoder(arch)
     cg_row(archs[0])
-    if "topk" in rows_wanted:
+    if "topk" in rows_wanted and archs[0] in metas:
         numel = metas[archs[0]]["layout"]["numel"]
         tensors = len(metas[archs[0]]["shapes"])
         payload = latent_payload_bytes(metas[archs[0]])
@@ -212,7 +225,7 @@ def main() -> None:
                 "codec.topk_value_dtype": "fp16",
             },
         )
-    if "dp" in rows_wanted:
+    if "dp" in rows_wanted and archs[0] in metas:
         arch = archs[0]
         clip = args.dp_clip or median_norm(snapshots)
         record(

@@ -160,6 +160,7 @@ class AutoencoderConfig:
     """CG-FedLLM's learned uplink codec (docs/cg_fedllm.md): architecture, rate, TGAP, FAF."""
 
     # resnet3 | cnn1d | uformer0 | uformer1 | uformer2 (U-Former with 0/1/2 transformer blocks)
+    # | rowlinear (a learned linear code per layout row; docs/cg_fedllm.md)
     arch: str = "resnet3"
     # Input numbers per latent number (64 = the paper's 1/64); must divide 4096.
     compression: int = 64
@@ -309,7 +310,7 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
 
-AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2")
+AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2", "rowlinear")
 
 
 def _validate_autoencoder(ae: AutoencoderConfig) -> None:

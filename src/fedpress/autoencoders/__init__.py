@@ -11,12 +11,16 @@ from fedpress.autoencoders.base import Autoencoder
 from fedpress.autoencoders.cnn1d import CNN1D
 from fedpress.autoencoders.layout import Layout
 from fedpress.autoencoders.resnet3 import ResNet3
+from fedpress.autoencoders.rowlinear import RowLinear
 from fedpress.autoencoders.uformer import UFormer
 
-ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2")
+ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2", "rowlinear")
 
 
-def build_autoencoder(arch: str, compression: int) -> Autoencoder:
+def build_autoencoder(arch: str, compression: int, width: int = 0) -> Autoencoder:
+    """`width`: the layout's image width (only `rowlinear` depends on it)."""
+    if arch == "rowlinear":
+        return RowLinear(compression, width)
     if arch == "resnet3":
         return ResNet3(compression)
     if arch == "cnn1d":

@@ -14,10 +14,19 @@ from torch import nn
 BLOCK = 64  # total down-sampling factor per side
 
 
+def norm(channels: int) -> nn.GroupNorm:
+    """Per-sample normalisation (GroupNorm with one group) where SPEC has BatchNorm.
+
+    Why: a codec must map one update to one latent whatever else is in the batch, and
+    BatchNorm's running statistics (trained on crops, few steps) made the eval-mode decoder
+    output several times the input's energy in our first TGAP runs (SNR -7 dB)."""
+    return nn.GroupNorm(1, channels)
+
+
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
     )
 
@@ -28,7 +37,7 @@ def stem(c_out: int = 2) -> nn.Sequential:
     return nn.Sequential(
         nn.ReflectionPad2d(1),
         nn.Conv2d(1, c_out, 3, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
     )
 

@@ -3,8 +3,9 @@
 Our design, in the spirit of the paper: the image is read as one 1-D stream (the layout's
 order), four stride-4 Conv1d stages (channels 8, 16, 32, 64) shrink it 256-fold, a 1x1 conv
 projects to `256 / compression` channels (4 at 1/64), so the latent has the same number of
-values as the 2-D models'. The decoder up-samples (linear interpolation x4 + Conv1d + BN +
-ReLU, four times) and ends in a Conv1d + tanh. Supports compression up to 256.
+values as the 2-D models'. The decoder up-samples (linear interpolation x4 + Conv1d + norm +
+ReLU, four times) and ends in a Conv1d + tanh. GroupNorm where BatchNorm would be (base.norm).
+Supports compression up to 256.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedpress.autoencoders.base import Autoencoder
+from fedpress.autoencoders.base import Autoencoder, norm
 
 CHANNELS = (8, 16, 32, 64)
 STRIDE = 4
@@ -22,7 +23,7 @@ DOWN = STRIDE ** len(CHANNELS)  # 256
 def _down(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv1d(c_in, c_out, 8, stride=STRIDE, padding=2, bias=False),
-        nn.BatchNorm1d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
     )
 
@@ -31,7 +32,7 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Upsample(scale_factor=STRIDE, mode="linear", align_corners=False),
         nn.Conv1d(c_in, c_out, 9, padding=4, bias=False),
-        nn.BatchNorm1d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
     )
 

@@ -4,8 +4,8 @@ Encoder: stem, six stride-2 3x3 conv + BN + ReLU stages (channels 2, 4, 8, 16, 3
 residual blocks at 64 channels, a 1x1 projection to the latent channels (64 at 1/64, as SPEC's
 64 x 64 x 32 latent for a 4096 x 2048 input). Decoder mirrors it: 1x1 back to 64, three residual
 blocks, six stride-2 transposed convs, reflection pad + 7x7 conv + tanh. About 0.23 M
-parameters per side. Deviation from SPEC: the stem and the last up-stage have 2 channels, not 1
-(see base.stem).
+parameters per side. Deviations from SPEC: the stem and the last up-stage have 2 channels, not 1
+(see base.stem), and GroupNorm replaces BatchNorm (see base.norm).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedpress.autoencoders.base import Autoencoder, conv_bn_relu, head, stem
+from fedpress.autoencoders.base import Autoencoder, conv_bn_relu, head, norm, stem
 
 CHANNELS = (2, 4, 8, 16, 32, 64)
 
@@ -24,7 +24,7 @@ class ResidualBlock(nn.Module):
         self.body = nn.Sequential(
             conv_bn_relu(channels, channels),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
+            norm(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ class ResidualBlock(nn.Module):
 def up(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        norm(c_out),
         nn.ReLU(inplace=True),
     )
 

@@ -253,7 +253,7 @@ def train_autoencoder(
     if init is not None:
         model = copy.deepcopy(init)
     else:
-        model = build_autoencoder(options.arch, options.compression)
+        model = build_autoencoder(options.arch, options.compression, layout.width)
     codec = AutoencoderCodec(model, shapes, gain, options.latent_dtype)
     images = torch.stack([layout.to_image(u, codec.scales_of(u)) for u in train])
     val_images = torch.stack([layout.to_image(u, codec.scales_of(u)) for u in val])
@@ -266,7 +266,11 @@ def train_autoencoder(
     started = time.perf_counter()
     for step in tqdm(range(1, options.train_steps + 1), desc=f"TGAP {options.arch}", unit="step"):
         model.train()
-        batch = _crops(images, crop, options.batch_size, rng, flat)
+        if model.arch == "rowlinear":  # a dense map per row: whole images, it is cheap
+            pick = [rng.randrange(len(images)) for _ in range(options.batch_size)]
+            batch = images[pick][:, None]
+        else:
+            batch = _crops(images, crop, options.batch_size, rng, flat)
         loss = torch.nn.functional.mse_loss(model(batch).reshape(batch.shape), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -327,7 +331,9 @@ def load_autoencoder(folder: str | Path, shapes=None) -> tuple[Autoencoder, dict
         expected = {name: list(shape) for name, shape in shapes.items()}
         if meta.get("shapes") != expected:
             raise FedpressError(f"the autoencoder in {folder} was trained for other LoRA shapes")
-    model = build_autoencoder(meta["arch"], int(meta["compression"]))
+    model = build_autoencoder(
+        meta["arch"], int(meta["compression"]), meta.get("layout", {}).get("width", 0)
+    )
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
     except RuntimeError as exc:

@@ -1,9 +1,13 @@
 """``autoencoder``: CG-FedLLM's learned codec. The payload is the latent plus per-tensor scales.
 
-Why per-tensor scales: the decoder ends in tanh, and LoRA A and B changes differ in magnitude
-by orders of magnitude (B starts at zero). Each tensor is divided by its RMS times a gain fitted
-at TGAP (`input_gain`), laid out as one image (`autoencoders.layout`), encoded; the receiver
-decodes the image and multiplies each tensor's part by its scale (4 bytes per tensor).
+Why per-tensor scales: the decoder ends in tanh, and tensors differ in magnitude. Each tensor
+is divided by its RMS times a gain fitted at TGAP (`input_gain`), laid out as one image
+(`autoencoders.layout`) and encoded. The scale sent for each tensor (4 bytes) is the one the
+receiver multiplies its decoded part by. With `fit_scales` (the default; needs the decoder on
+the sender) it is the least-squares gain <x, d> / <d, d> of the decoded part d against the true
+x, computed on exactly the latent the server will decode: the reconstruction error of every
+tensor is then at most its energy (never worse than sending nothing), which is what error
+feedback needs to converge. Without it, the input scale is sent.
 
 Not in the name registry: it needs a trained model, so `methods.cg_fedllm` builds it (and
 wraps it in the shared `ErrorFeedback` when asked). A client holding only the encoder can
@@ -52,6 +56,7 @@ class AutoencoderCodec(Codec):
         shapes: Mapping[str, Any],
         input_gain: float,
         latent_dtype: str = "fp16",
+        fit_scales: bool = True,
     ) -> None:
         if latent_dtype not in ("fp16", "fp32"):
             raise ValueError(f"latent_dtype must be 'fp16' or 'fp32', got {latent_dtype!r}")
@@ -60,6 +65,7 @@ class AutoencoderCodec(Codec):
         self.model = model.eval()
         self.layout = Layout(normalize_shapes(shapes))
         self.input_gain = float(input_gain)
+        self.fit_scales = fit_scales
         self.dtype = np.float16 if latent_dtype == "fp16" else np.float32
         self.latent_shape = model.latent_shape(self.layout.height, self.layout.width)
 
@@ -78,10 +84,24 @@ class AutoencoderCodec(Codec):
         latent = self.model.encode(image[None, None].to(device))[0].float().cpu()
         if self.dtype == np.float16:
             latent = latent.clamp(-FP16_MAX, FP16_MAX)
-        return {
-            LATENT: to_numpy(latent).astype(self.dtype),
-            SCALES: to_numpy(scales.float()),
-        }
+        latent = to_numpy(latent).astype(self.dtype)
+        if self.fit_scales:
+            unit = self._decode_unit(latent)
+            fitted = []
+            for name in self.layout.names:
+                d, x = unit[name].double(), update[name].detach().cpu().double()
+                energy = float(d.pow(2).sum())
+                fitted.append(float((d * x).sum()) / energy if energy > 0 else 0.0)
+            scales = torch.tensor(fitted).clamp(-MAX_SCALE, MAX_SCALE)
+        return {LATENT: latent, SCALES: to_numpy(scales.float())}
+
+    def _decode_unit(self, latent: np.ndarray) -> dict[str, torch.Tensor]:
+        """Decoded tensors for a latent, before per-tensor scaling (scale 1)."""
+        device = next(self.model.parameters()).device
+        z = from_numpy(latent).float().to(device)
+        image = self.model.decode(z[None])[0].float().cpu()
+        image = image.reshape(self.layout.height, self.layout.width)
+        return self.layout.from_image(image, torch.ones(len(self.layout.names)))
 
     def expected_layout(self, shapes: Mapping[str, Any]) -> dict[str, ArraySpec]:
         shapes = normalize_shapes(shapes)
@@ -89,7 +109,7 @@ class AutoencoderCodec(Codec):
             raise ValueError("the autoencoder codec was built for other adapter shapes")
         return {
             LATENT: spec(self.dtype, self.latent_shape, low=-MAX_LATENT, high=MAX_LATENT),
-            SCALES: spec(np.float32, (len(shapes),), low=0.0, high=MAX_SCALE),
+            SCALES: spec(np.float32, (len(shapes),), low=-MAX_SCALE, high=MAX_SCALE),
         }
 
     @torch.no_grad()
@@ -99,11 +119,12 @@ class AutoencoderCodec(Codec):
         shapes = normalize_shapes(shapes)
         if validate:
             validate_payload(self, payload, shapes)
-        device = next(self.model.parameters()).device
-        latent = from_numpy(payload[LATENT]).float().to(device)
-        image = self.model.decode(latent[None])[0].float().cpu()
-        image = image.reshape(self.layout.height, self.layout.width)
-        out = self.layout.from_image(image, from_numpy(payload[SCALES]).float())
+        unit = self._decode_unit(payload[LATENT])
+        scales = from_numpy(payload[SCALES]).double().tolist()
+        out = {
+            n: (unit[n].double() * s).float()
+            for n, s in zip(self.layout.names, scales, strict=True)
+        }
         for name, t in out.items():
             if not bool(torch.isfinite(t).all()):
                 raise PayloadError(f"{self.label} payload for {name!r} decodes to NaN or Inf")

@@ -5,9 +5,9 @@ The recipe is `run_lora_fedavg` with the `CgFedLLM` strategy, which adds to LoRA
   autoencoder; `autoencoders.tgap`), or the autoencoder of `autoencoder.checkpoint`. TGAP's
   messages are accounted as round 0 (bytes up and down, client time), so run totals include them.
 - `downlink_record`: the first message a node gets (and the first after the autoencoder
-  changes) also carries the encoder weights (plus the decoder when the client runs error
-  feedback, which needs to know what the server will reconstruct); counted in bytes down and
-  reported as `ae_bytes_down`.
+  changes) also carries the autoencoder's weights (the encoder, and the decoder: the client fits
+  its per-tensor scales on what the server will decode, and error feedback needs the same);
+  counted in bytes down and reported as `ae_bytes_down`.
 - the server decodes every latent with `AutoencoderCodec` (validated like any payload), then
   aggregates exactly as LoRA-FedAvg does (sample-weighted mean, or the DP mechanism).
 - `autoencoder.adapt_every = N`: every N-th round clients send fp16 updates instead of
@@ -123,11 +123,11 @@ class CgFedLLM(LoraFedAvg):
         )
         self.version += 1
         state = model.state_dict()
-        keep = ("encoder.", "decoder.") if client_error_feedback(self.config) else ("encoder.",)
-        self.ship_weights = protocol.tensors_to_record(
-            {k: v for k, v in state.items() if k.startswith(keep)}
-        )
+        # Encoder and decoder: the client fits its per-tensor scales on what the server will
+        # decode, and error feedback needs the same reconstruction.
+        self.ship_weights = protocol.tensors_to_record(dict(state))
         shipped = {k: meta[k] for k in _SHIPPED_META_KEYS}
+        shipped["width"] = self.uplink_codec.layout.width
         self.ship_meta = ConfigRecord({"json": json.dumps({**shipped, "version": self.version})})
 
     def downlink_record(self, node: int, arrays: ArrayRecord) -> dict:
@@ -224,10 +224,10 @@ def client_uplink_codec(msg: Message, context: Context, config: RunConfig, shape
     if AE_WEIGHTS not in context.state.array_records:
         raise ValueError("no autoencoder received from the server")
     meta = json.loads(str(context.state[AE_META]["json"]))
-    model = build_autoencoder(meta["arch"], int(meta["compression"]))
+    model = build_autoencoder(meta["arch"], int(meta["compression"]), int(meta["width"]))
     weights = protocol.record_to_tensors(context.state[AE_WEIGHTS])
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or any(k.startswith("encoder.") for k in missing):
+    if unexpected or missing:
         raise ValueError("the shipped autoencoder weights do not fit its architecture")
     codec = AutoencoderCodec(model, shapes, float(meta["input_gain"]), meta["latent_dtype"])
     return ErrorFeedback(codec) if feedback else codec
