@@ -194,7 +194,13 @@ def main() -> None:
     parser.add_argument("--per-round-eval", type=int, default=32)
     parser.add_argument("--name", default="fedcybgd")
     parser.add_argument("--untuned", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--merge", help="only tabulate the saved rows of these result names (a,b) together"
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge.split(","), args.name)
+        return
     quiet()
     rows: list[dict[str, Any]] = []
     full = RESULTS / f"{args.name}.json"
@@ -220,6 +226,33 @@ def main() -> None:
         table += "\n\nUntuned SmolLM2-135M on the same eval data: " + ", ".join(described)
         print(table)
         save(args.name, {"args": vars(args), "rows": rows, "untuned": untuned}, table)
+
+
+def merge(names: list[str], target: str) -> None:
+    """One table from several saved result files (runs split over processes)."""
+    saved = [json.loads((RESULTS / f"{name}.json").read_text()) for name in names]
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    superseded = []
+    for row in (row for result in saved for row in result["rows"]):
+        key = (row["task"], row["variant"])
+        if key in latest:  # a later file re-ran this variant
+            superseded.append(latest[key])
+        latest[key] = row
+    rows = list(latest.values())
+    order = {"sst2": 0, "alpaca": 1}
+    rows.sort(key=lambda r: (order.get(r["task"], 2), list(VARIANTS).index(r["variant"])))
+    _relative_memory(rows)
+    table = markdown_table(rows, COLUMNS)
+    for result in saved:
+        if "untuned" in result:
+            described = [
+                f"{task}: acc {_pct(u['accuracy'])}, loss {u['loss']:.4f}"
+                for task, u in result["untuned"].items()
+            ]
+            table += "\n\nUntuned SmolLM2-135M on the same eval data: " + ", ".join(described)
+    print(table)
+    runs = [r["args"] for r in saved]
+    save(target, {"merged": names, "runs": runs, "rows": rows, "superseded": superseded}, table)
 
 
 def _pct(value: float | None) -> str:
