@@ -148,19 +148,20 @@ def evil_train(msg: Message, context: Context) -> Message:
     return reply
 
 
+def _tiny_args(*extra: str) -> list[str]:
+    return [
+        "model=tiny-llama",
+        "method=cg-fedllm",
+        "train.local_steps=2",
+        "data.builtin_size=300",
+        "federation.client_cpus=1",
+        *FAST_AE,
+        *extra,
+    ]
+
+
 def _tiny(*extra: str):
-    return load_config(
-        None,
-        [
-            "model=tiny-llama",
-            "method=cg-fedllm",
-            "train.local_steps=2",
-            "data.builtin_size=300",
-            "federation.client_cpus=1",
-            *FAST_AE,
-            *extra,
-        ],
-    )
+    return load_config(None, _tiny_args(*extra))
 
 
 def test_hostile_latents_never_touch_the_global_adapter(tmp_path):
@@ -324,3 +325,18 @@ def test_privacy_config_errors_are_one_line():
         load_config(None, ["privacy.enabled=true", "privacy.noise_multiplier=0"])
     with pytest.raises(FedpressError, match="compression"):
         load_config(None, ["autoencoder.compression=48"])
+
+
+def test_tgap_and_ae_analyze_commands(tmp_path, capsys):
+    from fedpress.cli import main
+
+    tiny = [f"--set={item}" for item in _tiny_args("num_clients=2")]
+    assert main(["tgap", *tiny, "--out", str(tmp_path / "tgap")]) == 0
+    folder = tmp_path / "tgap" / "autoencoder"
+    assert "validation MSE" in capsys.readouterr().out
+    assert main(["ae-analyze", str(folder), "--sigmas", "5e-5,5e-1"]) == 0
+    report = json.loads((folder / "analysis.json").read_text())
+    assert [row["sigma"] for row in report["noise"]] == [5e-5, 5e-1]
+    # TGAP needs a D1 share: without one it is a one-line user error, exit 2.
+    assert main(["tgap", "--set=model=tiny-llama", "--out", str(tmp_path / "x")]) == 2
+    assert "holdout_fraction" in capsys.readouterr().err

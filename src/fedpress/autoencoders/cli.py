@@ -23,15 +23,16 @@ def main(args: argparse.Namespace) -> int:
         report = tgap.analyze(Path(args.folder), sigmas, args.snapshots and Path(args.snapshots))
         print(json.dumps(report, indent=2))
         return 0
-    from fedpress.cli import _preflight, quiet
+    from fedpress.cli import quiet
     from fedpress.config import load_config
+    from fedpress.runner import preflight
 
     config = load_config(args.config, args.overrides)
     if config.data.holdout_fraction == 0.0:
         raise FedpressError("TGAP trains on each client's D1 share: set data.holdout_fraction > 0")
     out_dir = Path(args.out or f"runs/tgap-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet(args.verbose)
-    _preflight(config)
+    preflight(config)
     if args.snapshots:
         meta = tgap.retrain_from_snapshots(config, Path(args.snapshots), out_dir)
     else:
