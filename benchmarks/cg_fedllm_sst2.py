@@ -312,7 +312,7 @@ def fedpress(argv: list[str]) -> None:
 
 COLUMNS = [
     ("row", "run"),
-    ("accuracy_%", "test acc % (872)"),
+    ("accuracy_%", "test acc % (--test-examples)"),
     ("eval_loss", "eval loss"),
     ("up_total_MB", "uplink MB (incl. TGAP)"),
     ("up_faf_MB", "uplink MB (FAF only)"),
