@@ -16,6 +16,7 @@ from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.config import RunConfig
 from fedpress.reporting import RoundRecord, RunRecorder
 from fedpress.task import LoraTask, build_task
+from fedpress.training import Encoded
 
 
 def clients_per_round(config: RunConfig) -> int:
@@ -34,20 +35,7 @@ def run_centralized(
     train_data = task.encode_all(task.splits.pooled_train)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
     steps = config.train.local_steps * clients_per_round(config)
-    checkpoint = load_checkpoint(out_dir) if resume else None
-    first_round = 1
-    if checkpoint is not None:
-        tensors, state = checkpoint
-        task.set_adapter(tensors)
-        first_round = state["round"] + 1
-        recorder = RunRecorder(out_dir, config, state["round"], state["elapsed_s"])
-    else:
-        recorder = RunRecorder(out_dir, config)
-        task.set_adapter(task.initial_adapter)
-        first = task.evaluate(eval_subset)
-        recorder.log_round(
-            RoundRecord(0, None, first.loss, first.accuracy, first.examples, eval_s=first.seconds)
-        )
+    recorder, first_round = start_or_resume(config, task, out_dir, resume, eval_subset)
     rounds = range(first_round, config.rounds + 1)
     for server_round in tqdm(rounds, desc="centralized rounds", unit="round"):
         started = time.perf_counter()
@@ -79,3 +67,26 @@ def run_centralized(
     return recorder.finish(
         task.adapter(), final.loss, final.accuracy, final.examples, weights_file=weights_file
     )
+
+
+def start_or_resume(
+    config: RunConfig,
+    task: LoraTask,
+    out_dir: Path,
+    resume: bool,
+    eval_subset: list[Encoded],
+) -> tuple[RunRecorder, int]:
+    """The recorder and the first round to train: after the last checkpoint when resuming,
+    otherwise from the initial weights, with round 0's evaluation logged."""
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    if checkpoint is not None:
+        tensors, state = checkpoint
+        task.set_adapter(tensors)
+        return RunRecorder(out_dir, config, state["round"], state["elapsed_s"]), state["round"] + 1
+    recorder = RunRecorder(out_dir, config)
+    task.set_adapter(task.initial_adapter)
+    first = task.evaluate(eval_subset)
+    recorder.log_round(
+        RoundRecord(0, None, first.loss, first.accuracy, first.examples, eval_s=first.seconds)
+    )
+    return recorder, 1

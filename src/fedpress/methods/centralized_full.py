@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fedpress.checkpoint import load_checkpoint, save_checkpoint
+from fedpress.checkpoint import save_checkpoint
 from fedpress.config import RunConfig
 from fedpress.full_task import build_full_task
-from fedpress.methods.centralized import run_centralized
+from fedpress.methods.centralized import run_centralized, start_or_resume
 from fedpress.methods.fedcybgd import cybgd_task, plan_round, task_layout, train_block, turn_seed
-from fedpress.reporting import RoundRecord, RunRecorder
+from fedpress.reporting import RoundRecord
 
 
 def run_centralized_full(config: RunConfig, out_dir: Path, resume: bool = False) -> dict:
@@ -34,20 +34,7 @@ def run_centralized_cyclic(config: RunConfig, out_dir: Path, resume: bool = Fals
     layout = task_layout(task)
     train_data = task.encode_all(task.splits.pooled_train)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
-    checkpoint = load_checkpoint(out_dir) if resume else None
-    first_round = 1
-    task.set_adapter(task.initial_adapter)
-    if checkpoint is not None:
-        tensors, state = checkpoint
-        task.set_adapter(tensors)
-        first_round = state["round"] + 1
-        recorder = RunRecorder(out_dir, config, state["round"], state["elapsed_s"])
-    else:
-        recorder = RunRecorder(out_dir, config)
-        first = task.evaluate(eval_subset)
-        recorder.log_round(
-            RoundRecord(0, None, first.loss, first.accuracy, first.examples, eval_s=first.seconds)
-        )
+    recorder, first_round = start_or_resume(config, task, out_dir, resume, eval_subset)
     partitions = list(range(config.num_clients))
     for server_round in tqdm(
         range(first_round, config.rounds + 1), desc="centralized-cyclic rounds", unit="round"
@@ -105,9 +92,3 @@ def _state(task) -> dict:  # noqa: ANN001
 
     params = dict(task.model.named_parameters())
     return {n: params[n].detach().to("cpu", torch.float32).clone() for n in task.initial_adapter}
-
-
-CENTRALIZED_FULL = {
-    "centralized-full": run_centralized_full,
-    "centralized-cyclic": run_centralized_cyclic,
-}
