@@ -61,7 +61,13 @@ def fake_run(
 @pytest.fixture
 def folder(tmp_path) -> Path:
     fake_run(tmp_path / "lora", "lora-fedavg", 4 * MB)
-    fake_run(tmp_path / "lora-int8", "lora-fedavg", MB, toml_extra='uplink_codec = "int8"\n')
+    # Every resolved config has an [autoencoder] section; only cg-fedllm's codec is the AE.
+    fake_run(
+        tmp_path / "lora-int8",
+        "lora-fedavg",
+        MB,
+        toml_extra='uplink_codec = "int8"\n[autoencoder]\narch = "resnet3"\n',
+    )
     fake_run(tmp_path / "central", "centralized", 0)
     fake_run(
         tmp_path / "ae",

@@ -132,8 +132,9 @@ def codec_label(result: VariantResult) -> str:
     c = result.config
     uplink = str(c.get("uplink_codec", "none"))
     autoencoder = c.get("autoencoder")
-    if isinstance(autoencoder, dict) and autoencoder.get("arch"):
-        uplink = f"AE {autoencoder['arch']}"  # cg-fedllm: the learned codec
+    # Every config carries an [autoencoder] section; only cg-fedllm uploads through it.
+    if c.get("method") == "cg-fedllm" and isinstance(autoencoder, dict):
+        uplink = f"AE {autoencoder.get('arch', '?')}"
     return f"{uplink} / {c.get('downlink_codec', 'none')}"
 
 
