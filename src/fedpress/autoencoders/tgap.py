@@ -205,13 +205,17 @@ def _crops(images: torch.Tensor, crop: int, count: int, rng: random.Random, flat
 
 
 def reconstruction_metrics(
-    codec: AutoencoderCodec, updates: list[dict[str, torch.Tensor]]
+    codec: AutoencoderCodec,
+    updates: list[dict[str, torch.Tensor]],
+    inputs: list[dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Per-element means on both sides: MSE, SNR = mean(x^2) / mean((x - x_hat)^2), cosine."""
+    """How well decode(encode(input)) reconstructs each update (input: the update itself, or
+    a perturbed copy). Per-element means on both sides: MSE, SNR = mean(x^2) / mean((x -
+    x_hat)^2), cosine; and the update's RMS."""
     signal = error = count = 0.0
     cosines = []
-    for update in updates:
-        decoded = codec.decode(codec.encode(update), codec.layout.shapes, validate=False)
+    for update, given in zip(updates, inputs or updates, strict=True):
+        decoded = codec.decode(codec.encode(given), codec.layout.shapes, validate=False)
         x = torch.cat([update[n].reshape(-1).double() for n in codec.layout.names])
         y = torch.cat([decoded[n].reshape(-1).double() for n in codec.layout.names])
         signal += float(x.pow(2).sum())
@@ -225,6 +229,7 @@ def reconstruction_metrics(
         "cosine": sum(cosines) / len(cosines),
         "snr": snr,
         "snr_db": 10 * math.log10(snr) if 0 < snr < math.inf else math.inf,
+        "update_rms": math.sqrt(signal / count),
     }
 
 
@@ -463,26 +468,17 @@ def noise_robustness(
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for sigma in sigmas:
-        signal = error = count = 0.0
-        cosines = []
-        for update in updates:
-            noisy = {
-                n: t + sigma * torch.randn(t.shape, generator=generator) for n, t in update.items()
-            }
-            decoded = codec.decode(codec.encode(noisy), codec.layout.shapes, validate=False)
-            x = torch.cat([update[n].reshape(-1).double() for n in codec.layout.names])
-            y = torch.cat([decoded[n].reshape(-1).double() for n in codec.layout.names])
-            signal += float(x.pow(2).sum())
-            error += float((x - y).pow(2).sum())
-            count += x.numel()
-            cosines.append(float(torch.nn.functional.cosine_similarity(x, y, dim=0)))
-        snr = signal / error if error > 0 else math.inf
+        noisy = [
+            {n: t + sigma * torch.randn(t.shape, generator=generator) for n, t in update.items()}
+            for update in updates
+        ]
+        metrics = reconstruction_metrics(codec, updates, noisy)
         rows.append(
             {
                 "sigma": sigma,
-                "cosine": sum(cosines) / len(cosines),
-                "snr_db": 10 * math.log10(snr) if 0 < snr < math.inf else math.inf,
-                "update_rms": math.sqrt(signal / count),
+                "cosine": metrics["cosine"],
+                "snr_db": metrics["snr_db"],
+                "update_rms": metrics["update_rms"],
             }
         )
     return rows
