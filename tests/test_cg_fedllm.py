@@ -240,6 +240,26 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
         json.loads((out / "autoencoder" / "autoencoder.json").read_text())["adapted_at_round"] == 2
     )
 
+    # Another architecture trains on the snapshots this run recorded, with no new messages.
+    from fedpress.methods.cg_fedllm import CgFedLLM
+
+    other = _tiny("num_clients=2", "autoencoder.arch=uformer0", f"autoencoder.snapshots_from={out}")
+    task = build_task(other)
+    strategy = CgFedLLM(other, task.adapter_shapes(), task.initial_adapter, 1)
+    strategy.prepare(None, task, tmp_path / "second", resume=False)
+    extra = strategy.summary_extra()
+    assert extra["ae_arch"] == "uformer0" and not extra["tgap_in_run"]
+    assert extra["tgap_snapshots"] == summary["tgap_snapshots"]
+    assert extra["tgap_bytes_up"] == summary["tgap_bytes_up"]  # the collection's, not new traffic
+    assert 0 not in strategy.stats  # no round-0 traffic in this run
+    retrained = json.loads((tmp_path / "second" / "autoencoder" / "autoencoder.json").read_text())
+    assert retrained["snapshots_from"] == str(out / "autoencoder" / "snapshots.safetensors")
+    with pytest.raises(FedpressError, match="no TGAP snapshots"):
+        missing = _tiny("num_clients=2", f"autoencoder.snapshots_from={tmp_path / 'nowhere'}")
+        CgFedLLM(missing, task.adapter_shapes(), task.initial_adapter, 1).prepare(
+            None, task, tmp_path / "third", resume=False
+        )
+
 
 def test_client_codec_is_the_shared_error_feedback_wrapper():
     from flwr.app import ConfigRecord, RecordDict

@@ -168,6 +168,21 @@ def test_overrides_as_nested_tables_and_dotted_keys_agree(tmp_path):
     assert a.config.train.lr == 0.002 and a.config.model == "tiny-llama"
 
 
+def test_compare_folder_placeholder_points_variants_at_each_other(tmp_path):
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(
+        '[base]\nmodel = "tiny-llama"\nmethod = "cg-fedllm"\n'
+        "[base.data]\nholdout_fraction = 0.3\n"
+        '[[variant]]\nname = "first"\n'
+        '[[variant]]\nname = "second"\n'
+        'autoencoder = { arch = "cnn1d", snapshots_from = "{compare}/first" }\n'
+    )
+    first, second = load_matrix(matrix, tmp_path / "out").variants
+    assert second.config.autoencoder.snapshots_from == f"{tmp_path / 'out'}/first"
+    assert first.config.autoencoder.snapshots_from == ""
+    assert second.overrides["autoencoder.snapshots_from"] == "{compare}/first"  # as written
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",

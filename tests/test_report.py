@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedpress.errors import FedpressError
-from fedpress.report import load_results, summary_rows, write_report
+from fedpress.report import detail_tables, load_results, summary_rows, write_report
 
 MB = 1_000_000
 
@@ -74,13 +74,43 @@ def folder(tmp_path) -> Path:
         "cg-fedllm",
         MB // 16,
         toml_extra='[autoencoder]\narch = "uformer1"\n',
-        summary_extra={"dp_epsilon": 7.9, "dp_delta": 1e-5},
+        summary_extra={
+            "dp_epsilon": 7.9,
+            "dp_delta": 1e-5,
+            "ae_arch": "uformer1",
+            "compression_ratio": 64.0,
+            "ae_bytes_down": 2 * MB,
+            "tgap_snapshots": 16,
+            "tgap_bytes_up": 30 * MB,
+            "tgap_in_run": True,
+            "tgap_val_cosine": 0.389,
+            "tgap_val_snr_db": 0.71,
+            "codec_s": 1.0,
+            "client_train_s": 99.0,
+        },
     )
+    fake_run(tmp_path / "full", "fed-full", 500 * MB, summary_extra={"client_steps_total": 30})
     # A method this fedpress does not know, with a section and keys it has never seen.
-    fake_run(tmp_path / "cybgd", "fedcybgd", 2 * MB, toml_extra='[cybgd]\nallocation = "random"\n')
+    fake_run(
+        tmp_path / "cybgd",
+        "fedcybgd",
+        2 * MB,
+        toml_extra='[cybgd]\nallocation = "random"\n',
+        summary_extra={
+            "client_peak_mem_bytes": 225 * MB,
+            "client_steps_total": 30,
+            "download_bytes_per_turn": {
+                "first_mean": 540 * MB,
+                "later_mean": 18 * MB,
+                "later_share_of_full_model": 18 / 540,
+            },
+            "upload_bytes_per_turn": 14.2 * MB,
+            "turns_failed": 0,
+        },
+    )
     variants = [
         {"name": n, "status": "done", "overrides": {}}
-        for n in ("central", "lora", "lora-int8", "ae", "cybgd")
+        for n in ("central", "lora", "lora-int8", "ae", "full", "cybgd")
     ]
     variants.append({"name": "crashed", "status": "failed", "error": "RuntimeError: boom"})
     (tmp_path / "compare.json").write_text(json.dumps({"title": "T", "variants": variants}))
@@ -90,7 +120,7 @@ def folder(tmp_path) -> Path:
 def test_table_has_ratios_dp_and_unknown_methods(folder):
     header, results = load_results(folder)
     rows = {row["variant"]: row for row in summary_rows(header, results)}
-    assert list(rows) == ["central", "lora", "lora-int8", "ae", "cybgd"]
+    assert list(rows) == ["central", "lora", "lora-int8", "ae", "full", "cybgd"]
     assert rows["lora"]["uplink ratio"] == "1x (ref)"  # the uncompressed LoRA-FedAvg run
     assert rows["lora-int8"]["uplink ratio"] == "4.0x"
     assert rows["ae"]["uplink ratio"] == "64.0x"
@@ -101,6 +131,28 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert rows["cybgd"]["method"] == "fedcybgd"
     assert rows["lora"]["MB up / client / round"] == "4.000"
     assert rows["lora"]["accuracy %"] == "80.00" and rows["lora"]["client peak mem MB"] == "900"
+    assert (
+        rows["ae"]["codec % of client time"] == "1.00"
+        and rows["lora"]["codec % of client time"] == "-"
+    )
+
+
+def test_method_detail_tables(folder):
+    _, results = load_results(folder)
+    tables = {title: rows for title, _, rows in detail_tables(results)}
+    (ae,) = tables["CG-FedLLM autoencoders"]
+    assert ae["autoencoder"] == "uformer1" and ae["latent / input"] == "1/64"
+    assert ae["TGAP MB up"] == "30.000 (this run)" and ae["TGAP val SNR dB"] == "0.71"
+    blocks = {
+        row["variant"]: row for row in tables["Block-wise and full-parameter costs per client turn"]
+    }
+    assert list(blocks) == ["full", "cybgd"]
+    assert blocks["cybgd"]["allocation"] == "random"
+    assert blocks["cybgd"]["MB down, later turns"] == "18.0 (3.3 % of model)"
+    assert blocks["cybgd"]["vs fed-full"] == "25 %" and blocks["full"]["vs fed-full"] == "100 %"
+    markdown, page = write_report(folder)
+    assert "## CG-FedLLM autoencoders" in markdown.read_text()
+    assert "<h2>Block-wise and full-parameter costs per client turn</h2>" in page.read_text()
 
 
 def test_markdown_and_self_contained_html(folder):
@@ -116,7 +168,8 @@ def test_markdown_and_self_contained_html(folder):
     assert len(images) == 3
     assert all(base64.b64decode(data).startswith(b"\x89PNG") for data in images)
     assert not re.search(r'(src|href)="(https?:|//|[^"#d])', html)  # no external assets
-    assert html.count("<tr>") == 1 + 5  # header + one row per finished variant
+    summary = html[html.index('id="summary"') : html.index("</table>")]
+    assert summary.count("<tr>") == 1 + 6  # header + one row per finished variant
 
 
 def test_runs_without_accuracy_or_compare_json(tmp_path):

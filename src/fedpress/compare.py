@@ -76,12 +76,28 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resolve(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The raw config of one variant: the base with the variant's dotted keys set on it."""
+COMPARE_FOLDER = "{compare}"  # in a string value: the compare folder (e.g. shared TGAP snapshots)
+
+
+def resolve(
+    base: dict[str, Any], overrides: dict[str, Any], compare_dir: Path | None = None
+) -> dict[str, Any]:
+    """The raw config of one variant: the base with the variant's dotted keys set on it, and
+    "{compare}" in string values replaced by the compare folder."""
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    return raw
+    return _fill_compare_folder(raw, compare_dir) if compare_dir is not None else raw
+
+
+def _fill_compare_folder(value: Any, compare_dir: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _fill_compare_folder(v, compare_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_compare_folder(v, compare_dir) for v in value]
+    if isinstance(value, str):
+        return value.replace(COMPARE_FOLDER, str(compare_dir))
+    return value
 
 
 def read_matrix(path: str | Path) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, dict]]]:
@@ -127,13 +143,13 @@ def read_matrix(path: str | Path) -> tuple[dict[str, str], dict[str, Any], list[
     return header, base, variants
 
 
-def load_matrix(path: str | Path) -> Matrix:
+def load_matrix(path: str | Path, compare_dir: Path | None = None) -> Matrix:
     """Parse and validate every variant's config, so a typo fails before anything runs."""
     header, base, entries = read_matrix(path)
     matrix = Matrix(header["title"], header["description"], header["reference"])
     for name, overrides in entries:
         try:
-            config = RunConfig.from_dict(resolve(base, overrides))
+            config = RunConfig.from_dict(resolve(base, overrides, compare_dir))
         except FedpressError as exc:
             raise FedpressError(f"{path}: variant '{name}': {exc}") from None
         matrix.variants.append(Variant(name, overrides, config))
@@ -218,7 +234,6 @@ def run_matrix(
     from fedpress.runner import preflight, run_config
 
     matrix_path = Path(matrix_path)
-    matrix = load_matrix(matrix_path)
     if (
         out_dir is None
         and matrix_path.name == MATRIX_COPY
@@ -226,6 +241,7 @@ def run_matrix(
     ):
         out_dir = matrix_path.parent  # `fedpress compare runs/x/matrix.toml` continues runs/x
     out = Path(out_dir or Path("runs") / matrix_path.stem)
+    matrix = load_matrix(matrix_path, out)
     states = {v.name: folder_state(out / v.name, v.config)[0] for v in matrix.variants}
     for variant in matrix.variants:
         if states[variant.name] == "conflict" and not move_aside:

@@ -169,6 +169,11 @@ class AutoencoderConfig:
     # A trained autoencoder (folder with autoencoder.safetensors + autoencoder.json); empty:
     # cg-fedllm runs TGAP first inside the run.
     checkpoint: str = ""
+    # TGAP snapshots recorded before (a snapshots.safetensors, or the run or `fedpress tgap`
+    # folder holding autoencoder/snapshots.safetensors): skip recording, train this architecture
+    # on them. In a compare matrix, "{compare}" stands for the compare folder, so every
+    # architecture can train on the snapshots the first cg-fedllm variant recorded.
+    snapshots_from: str = ""
     # FAF: frozen (the paper), or adapted every `adapt_every` rounds (0 = frozen): those rounds'
     # clients send fp16 updates, the server fine-tunes the autoencoder on them and re-ships it.
     adapt_every: int = 0

@@ -173,6 +173,7 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
             "MB up / client / round": _fmt(per_up, "{:.3f}"),
             "MB down / client / round": _fmt(per_down, "{:.3f}"),
             "client peak mem MB": _fmt((s.get("client_peak_mem_bytes") or 0) / MB, "{:.0f}"),
+            "codec % of client time": _fmt(codec_share(s), "{:.2f}"),
             "wall s": _fmt(s.get("wall_s"), "{:.0f}"),
         }
         if show_dp:
@@ -182,6 +183,99 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
             )
         rows.append(row)
     return rows
+
+
+def codec_share(summary: dict[str, Any]) -> float | None:
+    """Encode + decode time as a percentage of the client time it sits in (training + codec)."""
+    codec, train = summary.get("codec_s"), summary.get("client_train_s")
+    if codec is None or not train:
+        return None
+    return 100 * codec / (train + codec)
+
+
+def autoencoder_rows(results: list[VariantResult]) -> list[dict[str, str]]:
+    """CG-FedLLM's autoencoder per cg-fedllm variant: rate, shipping, TGAP reconstruction."""
+    rows = []
+    for r in results:
+        s = r.summary or {}
+        if not r.finished or "ae_arch" not in s:
+            continue
+        ratio = s.get("compression_ratio")
+        tgap_up = s.get("tgap_bytes_up") or 0
+        rows.append(
+            {
+                "variant": r.name,
+                "autoencoder": str(s.get("ae_arch")),
+                "latent / input": "-" if not ratio else f"1/{ratio:.0f}",
+                "AE shipped MB (down)": f"{(s.get('ae_bytes_down') or 0) / MB:.3f}",
+                "TGAP snapshots": str(s.get("tgap_snapshots") or "-"),
+                "TGAP MB up": f"{tgap_up / MB:.3f}"
+                + (" (this run)" if s.get("tgap_in_run") else " (earlier run)"),
+                "TGAP val cosine": _fmt(s.get("tgap_val_cosine"), "{:.4f}"),
+                "TGAP val SNR dB": _fmt(s.get("tgap_val_snr_db"), "{:.2f}"),
+            }
+        )
+    return rows
+
+
+def block_rows(results: list[VariantResult]) -> list[dict[str, str]]:
+    """Per-turn costs of block-wise and full-parameter variants (FedCyBGD's claims)."""
+    finished = [r for r in results if r.finished]
+    full = next((r for r in finished if r.method == "fed-full"), None)
+    full_mem = (full.summary or {}).get("client_peak_mem_bytes") if full else None
+    rows = []
+    for r in finished:
+        s = r.summary or {}
+        if "client_steps_total" not in s and r.method != "fed-full":
+            continue
+        down = s.get("download_bytes_per_turn") or {}
+        share = down.get("later_share_of_full_model")
+        mem = s.get("client_peak_mem_bytes")
+        cybgd = r.config.get("cybgd") or {}
+        rows.append(
+            {
+                "variant": r.name,
+                "method": r.method,
+                "allocation": str(cybgd.get("allocation", "-")) if r.method == "fedcybgd" else "-",
+                "client steps": str(s.get("client_steps_total", "-")),
+                "MB down, first turn": _fmt(_mb(down.get("first_mean")), "{:.1f}"),
+                "MB down, later turns": _fmt(_mb(down.get("later_mean")), "{:.1f}")
+                + ("" if share is None else f" ({100 * share:.1f} % of model)"),
+                "MB up / turn": _fmt(_mb(s.get("upload_bytes_per_turn")), "{:.1f}"),
+                "peak train MB": _fmt(_mb(mem), "{:.0f}"),
+                "vs fed-full": "-" if not (mem and full_mem) else f"{100 * mem / full_mem:.0f} %",
+                "failed turns": str(s.get("turns_failed", "-")),
+            }
+        )
+    return rows
+
+
+def _mb(value: Any) -> float | None:
+    return None if value is None else value / MB
+
+
+DETAILS = (
+    (
+        "CG-FedLLM autoencoders",
+        autoencoder_rows,
+        "Reconstruction of the held-out TGAP snapshots (per-element means, with the per-tensor "
+        "scales the client fits). TGAP's snapshot upload is a one-off cost; it is in a run's MB "
+        "totals only when TGAP ran inside that run.",
+    ),
+    (
+        "Block-wise and full-parameter costs per client turn",
+        block_rows,
+        "A turn is one client's training between a download and an upload (FedCyBGD: one block; "
+        "fed-full: one client's round). Peak train MB: what a turn's training adds above the "
+        "model the client holds (sampled RSS, CUDA allocator peak on GPU).",
+    ),
+)
+
+
+def detail_tables(results: list[VariantResult]) -> list[tuple[str, str, list[dict[str, str]]]]:
+    """(title, note, rows) of each method-specific table with at least one row."""
+    tables = [(title, note, rows(results)) for title, rows, note in DETAILS]
+    return [(title, note, rows) for title, note, rows in tables if rows]
 
 
 def _fmt(value: Any, pattern: str) -> str:
@@ -357,8 +451,10 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         "Uplink ratio = uplink bytes of the reference variant"
         + (f" (`{reference.name}`)" if reference else " (none finished)")
         + " / this variant's.",
-        "Client peak memory: the client process's peak RSS (CUDA allocator peak on GPU); "
-        "for centralized runs, the one training process's.",
+        "Client peak memory: for lora-fedavg, cg-fedllm and centralized, the client (or "
+        "training) process's peak RSS, model included (CUDA allocator peak on GPU); for "
+        "fed-full, fedcybgd, centralized-full and centralized-cyclic, the peak a training turn "
+        "adds above the model the client holds. Compare within each group.",
     ]
     if eval_sizes:
         notes.append(
@@ -407,12 +503,15 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     title = header.get("title") or folder.name
     description = header.get("description", "")
     notes, problems, variants = _notes(header, results), _problems(results), _variant_lines(results)
+    details = detail_tables(results)
 
     md = [f"# {title}", ""]
     if description:
         md += [description, ""]
     md += ["## Summary", "", markdown_table(rows), ""]
     md += [f"- {n}" for n in notes] + [""]
+    for heading, note, detail in details:
+        md += [f"## {heading}", "", markdown_table(detail), "", note, ""]
     if problems:
         md += ["## Failed or unfinished", ""] + [f"- {p}" for p in problems] + [""]
     md += ["## Plots", ""]
@@ -423,7 +522,9 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     markdown_path.write_text("\n".join(md))
 
     html_path = folder / "report.html"
-    html_path.write_text(_html(title, description, rows, notes, problems, plots, variants, folder))
+    html_path.write_text(
+        _html(title, description, rows, notes, problems, plots, variants, folder, details)
+    )
     return markdown_path, html_path
 
 
@@ -431,6 +532,19 @@ def _inline_code(text: str) -> str:
     """Escape, then show `x` as <code>x</code> (the only markup the notes use)."""
     parts = html.escape(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html_table(rows: list[dict[str, str]], table_id: str = "") -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row.values()) + "</tr>" for row in rows
+    )
+    id_attr = f' id="{table_id}"' if table_id else ""
+    return (
+        f'<div class="wide"><table{id_attr}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def _html(
@@ -442,19 +556,14 @@ def _html(
     plots: dict[str, str],
     variants: list[str],
     folder: Path,
+    details: list[tuple[str, str, list[dict[str, str]]]] = (),
 ) -> str:
     esc = html.escape
-    if rows:
-        head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row.values()) + "</tr>" for row in rows
-        )
-        table = (
-            f'<div class="wide"><table id="summary"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>"
-        )
-    else:
-        table = "<p><em>No variant finished yet.</em></p>"
+    table = _html_table(rows, "summary") if rows else "<p><em>No variant finished yet.</em></p>"
+    detail_html = "".join(
+        f"<h2>{esc(heading)}</h2>{_html_table(detail)}<p>{esc(note)}</p>"
+        for heading, note, detail in details
+    )
     figures = "".join(
         f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,'
         f'{base64.b64encode((folder / name).read_bytes()).decode()}">'
@@ -487,6 +596,7 @@ code {{ background: #f4f4f4; padding: 0 3px; }}
 <h2>Summary</h2>
 {table}
 {items(notes)}
+{detail_html}
 {problem_html}
 <h2>Plots</h2>
 {figures}

@@ -34,7 +34,10 @@ def main(args: argparse.Namespace) -> int:
     quiet(args.verbose)
     preflight(config)
     if args.snapshots:
-        meta = tgap.retrain_from_snapshots(config, Path(args.snapshots), out_dir)
+        from fedpress.task import build_task
+
+        shapes = build_task(config).adapter_shapes()
+        meta = tgap.retrain_from_snapshots(config, args.snapshots, out_dir, shapes)[1]
     else:
         from fedpress.flower.simulation import simulate
 

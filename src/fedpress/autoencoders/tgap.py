@@ -34,6 +34,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -379,12 +380,15 @@ def run_tgap_phase(
     pooled, bytes_up, bytes_down, client_s = collect_snapshots(grid, config, partitions, shapes)
     log.info("TGAP: %d snapshots from %d replies", len(pooled), len(bytes_up))
     folder = Path(out_dir) / "autoencoder"
-    save_snapshots(folder / SNAPSHOT_FILE, pooled)
+    collection = {
+        "tgap_bytes_up": sum(bytes_up),
+        "tgap_bytes_down": sum(bytes_down),
+        "tgap_client_train_s": client_s,
+        "tgap_snapshots": len(pooled),
+    }
+    save_snapshots(folder / SNAPSHOT_FILE, pooled, collection)
     model, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
-    meta["tgap_bytes_up"] = sum(bytes_up)
-    meta["tgap_bytes_down"] = sum(bytes_down)
-    meta["tgap_client_train_s"] = client_s
-    meta["tgap_snapshots"] = len(pooled)
+    meta.update(collection)
     (folder / META).write_text(json.dumps(meta, indent=2))
     val = meta["validation"]
     log.warning(
@@ -401,13 +405,27 @@ def np_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
 
 
-def save_snapshots(path: Path, snapshots: list[dict[str, torch.Tensor]]) -> None:
-    """The pooled TGAP snapshots (to retrain other architectures on the same collection)."""
+def save_snapshots(
+    path: Path, snapshots: list[dict[str, torch.Tensor]], collection: dict | None = None
+) -> None:
+    """The pooled TGAP snapshots (to retrain other architectures on the same collection), with
+    what collecting them cost (`collection`) in the file's header."""
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {
         f"{i:05d}/{name}": t.contiguous() for i, s in enumerate(snapshots) for name, t in s.items()
     }
-    save_file(flat, str(path))
+    save_file(flat, str(path), metadata={"collection": json.dumps(collection or {})})
+
+
+def snapshot_collection(path: Path) -> dict:
+    """What collecting these snapshots cost (bytes up and down, client seconds, count)."""
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata() or {}
+    try:
+        collection = json.loads(header.get("collection", "{}"))
+    except ValueError:
+        return {}
+    return collection if isinstance(collection, dict) else {}
 
 
 def load_snapshots(path: str | Path, shapes) -> list[dict[str, torch.Tensor]]:  # noqa: ANN001
@@ -438,23 +456,34 @@ def run_tgap_only(
     return run_tgap_phase(grid, config, partitions, task, out_dir).meta
 
 
-def retrain_from_snapshots(config: RunConfig, snapshots: Path, out_dir: Path) -> dict:
-    """Train `config.autoencoder` on snapshots a TGAP phase already collected (no new
-    messages); the collection's byte counts are copied from its autoencoder.json."""
-    from fedpress.task import build_task
+def snapshots_path(where: str | Path) -> Path:
+    """A snapshots.safetensors, or a run / `fedpress tgap` folder holding one."""
+    path = Path(where)
+    for candidate in (path, path / "autoencoder" / SNAPSHOT_FILE, path / SNAPSHOT_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FedpressError(
+        f"no TGAP snapshots at {where} (expected {SNAPSHOT_FILE}, or a folder holding "
+        f"autoencoder/{SNAPSHOT_FILE}; a cg-fedllm run or `fedpress tgap` writes it)"
+    )
 
-    shapes = build_task(config).adapter_shapes()
-    pooled = load_snapshots(snapshots, shapes)
+
+def retrain_from_snapshots(
+    config: RunConfig,
+    snapshots: str | Path,
+    out_dir: Path,
+    shapes,  # noqa: ANN001
+) -> tuple[Autoencoder, dict]:
+    """Train `config.autoencoder` on snapshots a TGAP phase already collected (no new
+    messages); the collection's costs are copied from the snapshot file's header."""
+    source = snapshots_path(snapshots)
+    pooled = load_snapshots(source, shapes)
     folder = Path(out_dir) / "autoencoder"
-    _, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
-    source = Path(snapshots).parent / META
-    if source.is_file():
-        origin = json.loads(source.read_text())
-        for key in ("tgap_bytes_up", "tgap_bytes_down", "tgap_client_train_s", "tgap_snapshots"):
-            meta[key] = origin.get(key)
-    meta["snapshots_from"] = str(snapshots)
+    model, meta = train_autoencoder(pooled, shapes, config.autoencoder, config.seed, folder)
+    meta.update(snapshot_collection(source))
+    meta["snapshots_from"] = str(source)
     (folder / META).write_text(json.dumps(meta, indent=2))
-    return meta
+    return model, meta
 
 
 def noise_robustness(

@@ -31,6 +31,7 @@ from fedpress.autoencoders.tgap import (
     META,
     TgapResult,
     load_autoencoder,
+    retrain_from_snapshots,
     run_tgap_phase,
     save_autoencoder,
     train_autoencoder,
@@ -88,6 +89,10 @@ class CgFedLLM(LoraFedAvg):
             model, meta = load_autoencoder(options.checkpoint, self.shapes)
         elif resume and (saved / META).is_file():
             model, meta = load_autoencoder(saved, self.shapes)
+        elif options.snapshots_from:
+            model, meta = retrain_from_snapshots(
+                self.config, options.snapshots_from, self.out_dir, self.shapes
+            )
         else:
             result = run_tgap_phase(grid, self.config, self.partitions, task, self.out_dir)
             self.record_tgap(result)
