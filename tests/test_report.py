@@ -129,6 +129,8 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert rows["ae"]["codec (up / down)"] == "AE uformer1 / none"
     assert rows["ae"]["DP epsilon"] == "7.90 (delta 1e-05)" and rows["lora"]["DP epsilon"] == "-"
     assert rows["cybgd"]["method"] == "fedcybgd"
+    assert rows["cybgd"]["codec (up / down)"] == "none / delta"  # its own download compression
+    assert rows["full"]["uplink ratio"] == "1/125x"  # sends more than the reference
     assert rows["lora"]["MB up / client / round"] == "4.000"
     assert rows["lora"]["accuracy %"] == "80.00" and rows["lora"]["client peak mem MB"] == "900"
     assert (

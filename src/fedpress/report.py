@@ -135,7 +135,17 @@ def codec_label(result: VariantResult) -> str:
     # Every config carries an [autoencoder] section; only cg-fedllm uploads through it.
     if c.get("method") == "cg-fedllm" and isinstance(autoencoder, dict):
         uplink = f"AE {autoencoder.get('arch', '?')}"
-    return f"{uplink} / {c.get('downlink_codec', 'none')}"
+    downlink = str(c.get("downlink_codec", "none"))
+    cybgd = c.get("cybgd")
+    if c.get("method") == "fedcybgd" and isinstance(cybgd, dict):
+        # FedCyBGD compresses its download its own way (docs/fedcybgd.md).
+        parts = [
+            f"{label} {cybgd[key]}"
+            for key, label in (("layer_drop_ratio", "drop"), ("prune_ratio", "prune"))
+            if cybgd.get(key)
+        ] + (["delta"] if cybgd.get("delta_sync", True) else [])
+        downlink = " + ".join(parts) or "full model"
+    return f"{uplink} / {downlink}"
 
 
 def per_client_round_mb(result: VariantResult, key: str) -> float | None:
@@ -158,7 +168,7 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
         up, down = s.get("bytes_up_total", 0), s.get("bytes_down_total", 0)
         ratio = "-"
         if r.federated and up and ref_up:
-            ratio = "1x (ref)" if r is reference else f"{ref_up / up:.1f}x"
+            ratio = "1x (ref)" if r is reference else _ratio(ref_up / up)
         per_up = per_client_round_mb(r, "bytes_up_per_client")
         per_down = per_client_round_mb(r, "bytes_down_per_client")
         row = {
@@ -183,6 +193,11 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
             )
         rows.append(row)
     return rows
+
+
+def _ratio(value: float) -> str:
+    """4.0x for savings; 1/146x when a variant sends more than the reference."""
+    return f"{value:.1f}x" if value >= 1 else f"1/{1 / value:.0f}x"
 
 
 def codec_share(summary: dict[str, Any]) -> float | None:
@@ -229,6 +244,9 @@ def block_rows(results: list[VariantResult]) -> list[dict[str, str]]:
         if "client_steps_total" not in s and r.method != "fed-full":
             continue
         down = s.get("download_bytes_per_turn") or {}
+        if not down:  # fed-full: a turn is one client's round
+            per_down = per_client_round_mb(r, "bytes_down_per_client")
+            down = {"first_mean": per_down and per_down * MB, "later_mean": None}
         share = down.get("later_share_of_full_model")
         mem = s.get("client_peak_mem_bytes")
         cybgd = r.config.get("cybgd") or {}
@@ -237,17 +255,28 @@ def block_rows(results: list[VariantResult]) -> list[dict[str, str]]:
                 "variant": r.name,
                 "method": r.method,
                 "allocation": str(cybgd.get("allocation", "-")) if r.method == "fedcybgd" else "-",
-                "client steps": str(s.get("client_steps_total", "-")),
+                "client steps": str(s.get("client_steps_total") or _client_steps(r)),
                 "MB down, first turn": _fmt(_mb(down.get("first_mean")), "{:.1f}"),
                 "MB down, later turns": _fmt(_mb(down.get("later_mean")), "{:.1f}")
                 + ("" if share is None else f" ({100 * share:.1f} % of model)"),
-                "MB up / turn": _fmt(_mb(s.get("upload_bytes_per_turn")), "{:.1f}"),
+                "MB up / turn": _fmt(
+                    _mb(s.get("upload_bytes_per_turn"))
+                    or per_client_round_mb(r, "bytes_up_per_client"),
+                    "{:.1f}",
+                ),
                 "peak train MB": _fmt(_mb(mem), "{:.0f}"),
                 "vs fed-full": "-" if not (mem and full_mem) else f"{100 * mem / full_mem:.0f} %",
                 "failed turns": str(s.get("turns_failed", "-")),
             }
         )
     return rows
+
+
+def _client_steps(result: VariantResult) -> str:
+    """Client optimizer steps of a round-based run: clients that reported x local steps."""
+    steps = (result.config.get("train") or {}).get("local_steps")
+    done = sum(r.get("clients_ok") or 0 for r in result.rounds)
+    return str(done * steps) if steps and done else "-"
 
 
 def _mb(value: Any) -> float | None:
