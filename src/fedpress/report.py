@@ -480,10 +480,10 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         "Uplink ratio = uplink bytes of the reference variant"
         + (f" (`{reference.name}`)" if reference else " (none finished)")
         + " / this variant's.",
-        "Client peak memory: for lora-fedavg, cg-fedllm and centralized, the client (or "
-        "training) process's peak RSS, model included (CUDA allocator peak on GPU); for "
-        "fed-full, fedcybgd, centralized-full and centralized-cyclic, the peak a training turn "
-        "adds above the model the client holds. Compare within each group.",
+        "Client peak memory: for lora-fedavg and cg-fedllm, the client process's peak RSS, "
+        "model included (CUDA allocator peak on GPU); for fed-full, fedcybgd and the "
+        "centralized references, the peak a training turn adds above the model it holds. "
+        "Compare within each group.",
     ]
     if eval_sizes:
         notes.append(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fedpress.accounting import peak_memory_bytes
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.config import RunConfig
+from fedpress.memory import training_memory
 from fedpress.reporting import RoundRecord, RunRecorder
 from fedpress.task import LoraTask, build_task
 from fedpress.training import Encoded
@@ -41,9 +41,12 @@ def run_centralized(
         started = time.perf_counter()
         # Seeds depend on the round only, and the optimizer is fresh each round, so a resumed
         # run continues exactly as an uninterrupted one.
-        result = task.train_round(
-            train_data, server_round, steps=steps, seed=config.seed * 1_000_003 + server_round
-        )
+        # What training adds above the loaded model, like the federated clients' figure; the
+        # process's lifetime RSS would include whatever ran before in this process (a compare).
+        with training_memory(task.device) as memory:
+            result = task.train_round(
+                train_data, server_round, steps=steps, seed=config.seed * 1_000_003 + server_round
+            )
         evaluation = task.evaluate(eval_subset)
         wall = time.perf_counter() - started
         recorder.log_round(
@@ -53,7 +56,7 @@ def run_centralized(
                 eval_loss=evaluation.loss,
                 accuracy=evaluation.accuracy,
                 eval_examples=evaluation.examples,
-                client_peak_mem_bytes=peak_memory_bytes(task.device),
+                client_peak_mem_bytes=memory["bytes"],
                 client_train_s=result.seconds,
                 eval_s=evaluation.seconds,
                 round_wall_s=wall,
