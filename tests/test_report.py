@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from fedpress.errors import FedpressError
-from fedpress.report import detail_tables, load_results, summary_rows, write_report
+from fedpress.report import (
+    detail_tables,
+    load_results,
+    reference_of,
+    summary_rows,
+    write_report,
+)
 
 MB = 1_000_000
 
@@ -83,6 +89,7 @@ def folder(tmp_path) -> Path:
             "tgap_snapshots": 16,
             "tgap_bytes_up": 30 * MB,
             "tgap_in_run": True,
+            "bytes_up_total": 4 * (MB // 16) + 30 * MB,  # TGAP ran in this run: in its total
             "tgap_val_cosine": 0.389,
             "tgap_val_snr_db": 0.71,
             "codec_s": 1.0,
@@ -123,7 +130,7 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert list(rows) == ["central", "lora", "lora-int8", "ae", "full", "cybgd"]
     assert rows["lora"]["uplink ratio"] == "1x (ref)"  # the uncompressed LoRA-FedAvg run
     assert rows["lora-int8"]["uplink ratio"] == "4.0x"
-    assert rows["ae"]["uplink ratio"] == "64.0x"
+    assert rows["ae"]["uplink ratio"] == "1/2x"  # TGAP's one-off upload included
     assert rows["central"]["uplink ratio"] == "-" and rows["central"]["codec (up / down)"] == "-"
     assert rows["lora-int8"]["codec (up / down)"] == "int8 / none"
     assert rows["ae"]["codec (up / down)"] == "AE uformer1 / none"
@@ -140,10 +147,14 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
 
 
 def test_method_detail_tables(folder):
-    _, results = load_results(folder)
-    tables = {title: rows for title, _, rows in detail_tables(results)}
+    header, results = load_results(folder)
+    tables = {
+        title: rows for title, _, rows in detail_tables(results, reference_of(header, results))
+    }
     (ae,) = tables["CG-FedLLM autoencoders"]
-    assert ae["autoencoder"] == "uformer1" and ae["latent / input"] == "1/64"
+    assert ae["autoencoder"] == "uformer1" and ae["numbers sent / update numbers"] == "1/64"
+    # The summary's MB up holds TGAP's 30 MB; FAF alone is 4 x MB/16 against the ref's 16 MB.
+    assert ae["FAF MB up"] == "0.250" and ae["FAF uplink ratio"] == "64.0x"
     assert ae["TGAP MB up"] == "30.000 (this run)" and ae["TGAP val SNR dB"] == "0.71"
     blocks = {
         row["variant"]: row for row in tables["Block-wise and full-parameter costs per client turn"]

@@ -208,8 +208,12 @@ def codec_share(summary: dict[str, Any]) -> float | None:
     return 100 * codec / (train + codec)
 
 
-def autoencoder_rows(results: list[VariantResult]) -> list[dict[str, str]]:
-    """CG-FedLLM's autoencoder per cg-fedllm variant: rate, shipping, TGAP reconstruction."""
+def autoencoder_rows(
+    results: list[VariantResult], reference: VariantResult | None = None
+) -> list[dict[str, str]]:
+    """CG-FedLLM's autoencoder per cg-fedllm variant: rate, FAF uplink without TGAP's one-off
+    upload, shipping, TGAP reconstruction."""
+    ref_up = (reference.summary or {}).get("bytes_up_total", 0) if reference else 0
     rows = []
     for r in results:
         s = r.summary or {}
@@ -217,11 +221,14 @@ def autoencoder_rows(results: list[VariantResult]) -> list[dict[str, str]]:
             continue
         ratio = s.get("compression_ratio")
         tgap_up = s.get("tgap_bytes_up") or 0
+        faf_up = s.get("bytes_up_total", 0) - (tgap_up if s.get("tgap_in_run") else 0)
         rows.append(
             {
                 "variant": r.name,
                 "autoencoder": str(s.get("ae_arch")),
-                "latent / input": "-" if not ratio else f"1/{ratio:.0f}",
+                "numbers sent / update numbers": "-" if not ratio else f"1/{ratio:.0f}",
+                "FAF MB up": f"{faf_up / MB:.3f}",
+                "FAF uplink ratio": _ratio(ref_up / faf_up) if ref_up and faf_up else "-",
                 "AE shipped MB (down)": f"{(s.get('ae_bytes_down') or 0) / MB:.3f}",
                 "TGAP snapshots": str(s.get("tgap_snapshots") or "-"),
                 "TGAP MB up": f"{tgap_up / MB:.3f}"
@@ -233,7 +240,9 @@ def autoencoder_rows(results: list[VariantResult]) -> list[dict[str, str]]:
     return rows
 
 
-def block_rows(results: list[VariantResult]) -> list[dict[str, str]]:
+def block_rows(
+    results: list[VariantResult], reference: VariantResult | None = None
+) -> list[dict[str, str]]:
     """Per-turn costs of block-wise and full-parameter variants (FedCyBGD's claims)."""
     finished = [r for r in results if r.finished]
     full = next((r for r in finished if r.method == "fed-full"), None)
@@ -287,9 +296,11 @@ DETAILS = (
     (
         "CG-FedLLM autoencoders",
         autoencoder_rows,
-        "Reconstruction of the held-out TGAP snapshots (per-element means, with the per-tensor "
-        "scales the client fits). TGAP's snapshot upload is a one-off cost; it is in a run's MB "
-        "totals only when TGAP ran inside that run.",
+        "Numbers sent: latent plus per-tensor scales. FAF MB up: the run's uplink without "
+        "TGAP's one-off snapshot upload, which the summary's MB up includes only for a run "
+        "that ran TGAP itself; the ratio is against the reference variant. TGAP val: "
+        "reconstruction of the held-out TGAP snapshots (per-element means, with the "
+        "per-tensor scales the client fits).",
     ),
     (
         "Block-wise and full-parameter costs per client turn",
@@ -301,9 +312,11 @@ DETAILS = (
 )
 
 
-def detail_tables(results: list[VariantResult]) -> list[tuple[str, str, list[dict[str, str]]]]:
+def detail_tables(
+    results: list[VariantResult], reference: VariantResult | None = None
+) -> list[tuple[str, str, list[dict[str, str]]]]:
     """(title, note, rows) of each method-specific table with at least one row."""
-    tables = [(title, note, rows(results)) for title, rows, note in DETAILS]
+    tables = [(title, note, rows(results, reference)) for title, rows, note in DETAILS]
     return [(title, note, rows) for title, note, rows in tables if rows]
 
 
@@ -532,7 +545,7 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     title = header.get("title") or folder.name
     description = header.get("description", "")
     notes, problems, variants = _notes(header, results), _problems(results), _variant_lines(results)
-    details = detail_tables(results)
+    details = detail_tables(results, reference_of(header, results))
 
     md = [f"# {title}", ""]
     if description:
