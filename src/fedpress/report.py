@@ -22,7 +22,8 @@ from fedpress.errors import FedpressError
 MB = 1_000_000
 PLOTS = {
     "curves.png": "Accuracy and eval loss against rounds",
-    "tradeoff.png": "Accuracy against cumulative uplink MB (the communication trade-off)",
+    "tradeoff.png": "Accuracy against cumulative uplink MB in training rounds (the communication "
+    "trade-off; one-off pre-training uploads such as TGAP's are left out)",
     "costs.png": "Client peak memory and bytes per client per round",
 }
 
@@ -391,6 +392,13 @@ def plot_curves(results: list[VariantResult], path: Path) -> None:
     plt.close(fig)
 
 
+def training_uplink(result: VariantResult, record: dict[str, Any]) -> int:
+    """Uplink bytes up to this round, without round 0's (a one-off phase before training, such
+    as CG-FedLLM's TGAP snapshots, which variants that reuse a collection do not pay again)."""
+    before = sum(x.get("bytes_up", 0) for x in result.rounds if x["round"] == 0)
+    return max(0, record.get("cum_bytes_up", 0) - before)
+
+
 def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
     """Per-round points of each federated variant; methods that send nothing (centralized)
     and the untrained start are horizontal reference lines."""
@@ -407,7 +415,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
         ax.axhline(start * scale, color="0.5", ls=":", lw=1.2, label="before training (round 0)")
     for r in results:
         points = [
-            (x.get("cum_bytes_up", 0) / MB, x[key] * scale)
+            (training_uplink(r, x) / MB, x[key] * scale)
             for x in r.rounds
             if x["round"] > 0 and x.get(key) is not None
         ]
@@ -428,7 +436,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
             fontsize=7,
             color=colors[r.name],
         )
-    spread = [x.get("cum_bytes_up", 0) for r in results if r.federated for x in r.rounds]
+    spread = [training_uplink(r, x) for r in results if r.federated for x in r.rounds]
     spread = [b for b in spread if b > 0]
     log_scale = bool(spread) and max(spread) / min(spread) > 20  # codecs apart by orders
     if log_scale:
@@ -438,7 +446,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     scale_note = " (log scale)" if log_scale else ""
-    ax.set_xlabel(f"cumulative uplink MB, all clients{scale_note}")
+    ax.set_xlabel(f"cumulative uplink MB in training rounds, all clients{scale_note}")
     ax.set_ylabel("accuracy % (per-round eval subset)" if key == "accuracy" else "eval loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
