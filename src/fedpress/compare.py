@@ -31,7 +31,6 @@ import json
 import os
 import re
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fedpress.checkpoint import CHECKPOINT
-from fedpress.config import RunConfig, _set_dotted, load_config
+from fedpress.config import RunConfig, _set_dotted, load_config, read_toml
 from fedpress.errors import FedpressError
 
 STATUS_FILE = "compare.json"
@@ -104,12 +103,7 @@ def read_matrix(path: str | Path) -> tuple[dict[str, str], dict[str, Any], list[
     """The matrix file's header, base table and (name, dotted overrides) per variant, checked
     for shape only (`load_matrix` validates the configs)."""
     path = Path(path)
-    if not path.is_file():
-        raise FedpressError(f"matrix file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FedpressError(f"matrix file {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "matrix file")
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise FedpressError(

@@ -362,17 +362,21 @@ def _validate_privacy(dp: PrivacyConfig) -> None:
         )
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line user error naming
+    `what` it was meant to be ("config file", "matrix file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise FedpressError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FedpressError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a TOML file (or the defaults), apply `key=value` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FedpressError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise FedpressError(f"config file {path} is not valid TOML: {exc}") from None
+    raw: dict[str, Any] = {} if path is None else read_toml(path, "config file")
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)

@@ -158,7 +158,7 @@ def per_client_round_mb(result: VariantResult, key: str) -> float | None:
 def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[dict[str, str]]:
     """One row of display strings per finished variant."""
     reference = reference_of(header, results)
-    ref_up = (reference.summary or {}).get("bytes_up_total", 0) if reference else 0
+    ref_up = _uplink_total(reference)
     show_dp = any((r.summary or {}).get("dp_epsilon") is not None for r in results)
     rows = []
     for r in results:
@@ -196,6 +196,10 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
     return rows
 
 
+def _uplink_total(result: VariantResult | None) -> int:
+    return (result.summary or {}).get("bytes_up_total", 0) if result else 0
+
+
 def _ratio(value: float) -> str:
     """4.0x for savings; 1/146x when a variant sends more than the reference."""
     return f"{value:.1f}x" if value >= 1 else f"1/{1 / value:.0f}x"
@@ -214,7 +218,7 @@ def autoencoder_rows(
 ) -> list[dict[str, str]]:
     """CG-FedLLM's autoencoder per cg-fedllm variant: rate, FAF uplink without TGAP's one-off
     upload, shipping, TGAP reconstruction."""
-    ref_up = (reference.summary or {}).get("bytes_up_total", 0) if reference else 0
+    ref_up = _uplink_total(reference)
     rows = []
     for r in results:
         s = r.summary or {}
