@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from fedpress.accounting import message_nbytes
 from fedpress.block_sync import (
+    Download,
     NodeView,
     SyncTracker,
     decode_download,
@@ -162,6 +163,30 @@ def test_download_compression_and_delta_sync_bytes():
     tracker.delivered(1, first)
     second = tracker.plan(1, other, state)
     assert set(second.tensors) == set(other.params) and not second.pruned
+
+
+def test_pruning_the_change_from_the_pretrained_weights_costs_the_same_and_loses_less():
+    torch.manual_seed(0)
+    pretrained = {"w": torch.randn(64, 48)}
+    current = {"w": pretrained["w"] + 0.01 * torch.randn(64, 48)}  # a few turns' change
+    download = Download({}, dict(current), [])
+    as_weights = encode_download(download, 0.5)
+    as_change = encode_download(download, 0.5, pretrained)
+    nbytes = lambda record: message_nbytes(RecordDict({"m": record}))  # noqa: E731
+    assert nbytes(as_change) == nbytes(as_weights)
+
+    shapes = {"w": (64, 48)}
+    weights, _ = decode_download(as_weights, shapes)
+    changed, pruned = decode_download(as_change, shapes, pretrained)
+    assert pruned == {"w"}
+    error = lambda got: float((got["w"] - current["w"]).norm() / current["w"].norm())  # noqa: E731
+    assert error(weights) > 0.2  # half of the weights gone
+    assert error(changed) < 0.05 * error(weights)  # the change is 1 % of the weights
+    # What was dropped is the smallest half of the change, the rest is exact.
+    change = current["w"] - pretrained["w"]
+    lost = (changed["w"] - current["w"]).abs() > 1e-6
+    assert 0 < int(lost.sum()) <= change.numel() // 2 + 1
+    assert change[lost].abs().max() <= change[~lost].abs().min()
 
 
 def test_node_view_stores_whole_blocks_and_marks_pruned_ones():

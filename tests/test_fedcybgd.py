@@ -2,12 +2,14 @@
 (tiny) models, hostile clients among honest ones."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from fedpress.config import load_config
@@ -15,8 +17,9 @@ from fedpress.flower import client_app as honest
 from fedpress.flower import protocol
 from fedpress.flower.simulation import simulate
 from fedpress.full_task import build_full_task
+from fedpress.methods import fedcybgd
 from fedpress.methods.centralized_full import run_centralized_cyclic
-from fedpress.methods.fedcybgd import BLOCK, task_layout, train_block, turn_seed
+from fedpress.methods.fedcybgd import BLOCK, TURN, task_layout, train_block, turn_seed
 from fedpress.models import config_of
 
 # partition -> how its reply is corrupted (partition 0 is honest). With 2 decoder layers and
@@ -174,3 +177,66 @@ def test_lower_precision_block_trains_on_an_fp32_master_copy():
         )
         for n in block.params
     )
+
+
+# The client view's pruned blocks after each turn, written where the test can read them (the
+# simulation's clients run in other processes).
+spy_app = ClientApp()
+spy_app.query()(honest.query)
+
+
+@spy_app.train()
+def spy_train(msg: Message, context: Context) -> Message:
+    reply = honest.train(msg, context)
+    view = fedcybgd._VIEWS[context.node_id]
+    pruned = {
+        name: tensor.contiguous()
+        for index, tensors in view.blocks.items()
+        if not view.exact[index]
+        for name, tensor in tensors.items()
+    }
+    turn = int(msg.content[protocol.INSTRUCTIONS][TURN])
+    save_file(pruned, Path(os.environ["FEDPRESS_SPY_DIR"]) / f"turn{turn}.safetensors")
+    return reply
+
+
+def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, monkeypatch):
+    """cybgd.prune_target = "delta": a client rebuilds a changed frozen block as pretrained
+    weights + the larger half of the change, close to the server's block."""
+    monkeypatch.setenv("FEDPRESS_SPY_DIR", str(tmp_path))
+    config = load_config(
+        None,
+        [
+            "method=fedcybgd",
+            "model=tiny-llama",
+            "num_clients=2",
+            "rounds=1",
+            "cybgd.turns_per_round=4",
+            "cybgd.prune_ratio=0.5",
+            "cybgd.prune_target=delta",
+            "train.local_steps=1",
+            "data.builtin_size=300",
+            "eval.per_round_examples=20",
+            "federation.client_cpus=1",
+        ],
+    )
+    summary = simulate(config, tmp_path / "run", client_app=spy_app)
+    assert summary["turns_failed"] == 0
+    assert summary["download_bytes_per_turn"]["later_mean"] < 0.5 * summary["full_model_bytes"]
+
+    # Turn 0: partition 0 trains layer 0 from the pretrained weights (replayed here). Turn 1:
+    # partition 1 (layer 1) receives layer 0 as a pruned change.
+    task = build_full_task(config)
+    layout = task_layout(task)
+    task.set_adapter(task.initial_adapter)
+    block = layout.block_of_layer(0)
+    share = task.encode_all(task.splits.client_shares[0])
+    _, delta, _ = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
+    rebuilt = load_file(tmp_path / "turn1.safetensors")
+    assert set(rebuilt) == set(block.params)
+    matrices = [n for n in block.params if delta[n].dim() >= 2]
+    assert matrices
+    for name in matrices:
+        error = rebuilt[name] - (task.initial_adapter[name] + delta[name])
+        assert error.norm() < delta[name].norm(), name  # at most the smaller half of the change
+        assert (error.abs() < 1e-6).float().mean() > 0.4, name  # the larger half exact

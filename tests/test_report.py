@@ -102,7 +102,7 @@ def folder(tmp_path) -> Path:
         tmp_path / "cybgd",
         "fedcybgd",
         2 * MB,
-        toml_extra='[cybgd]\nallocation = "random"\n',
+        toml_extra='[cybgd]\nallocation = "random"\nprune_ratio = 0.5\nprune_target = "delta"\n',
         summary_extra={
             "client_peak_mem_bytes": 225 * MB,
             "client_steps_total": 30,
@@ -136,7 +136,8 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert rows["ae"]["codec (up / down)"] == "AE uformer1 / none"
     assert rows["ae"]["DP epsilon"] == "7.90 (delta 1e-05)" and rows["lora"]["DP epsilon"] == "-"
     assert rows["cybgd"]["method"] == "fedcybgd"
-    assert rows["cybgd"]["codec (up / down)"] == "none / delta"  # its own download compression
+    # FedCyBGD's own download compression.
+    assert rows["cybgd"]["codec (up / down)"] == "none / prune-change 0.5 + delta"
     assert rows["full"]["uplink ratio"] == "1/125x"  # sends more than the reference
     assert rows["lora"]["MB up / client / round"] == "4.000"
     assert rows["lora"]["accuracy %"] == "80.00" and rows["lora"]["client peak mem MB"] == "900"

@@ -12,7 +12,11 @@ or pruned. For a turn it plans the download:
   their `1 - prune_ratio` largest-magnitude entries.
 
 A pruned matrix travels as a bitmask (`np.packbits`, 1 bit per entry) plus the kept values in
-fp32, so its bytes really shrink: (1 - p) * 4 + 1/8 bytes per entry instead of 4.
+fp32, so its bytes really shrink: (1 - p) * 4 + 1/8 bytes per entry instead of 4. What is pruned
+is either the weights themselves (the paper) or, given a `base` (the pretrained weights, which a
+delta-syncing client holds), the change since the base: the client adds the base back. Pruning
+half of a trained layer's weights wrecks it; pruning half of the few turns' change it received
+since pretraining loses only the smallest entries of that change, for the same bytes.
 
 Client side, `NodeView` is what one node holds beyond the pretrained weights: the blocks it
 received, with the server's sync count so that a lost view (a restarted process) is detected
@@ -126,22 +130,29 @@ def unprune(bits: np.ndarray, values: np.ndarray, shape: tuple[int, ...]) -> tor
     return torch.from_numpy(out.reshape(shape))
 
 
-def encode_download(download: Download, ratio: float) -> ArrayRecord:
+def encode_download(
+    download: Download, ratio: float, base: dict[str, torch.Tensor] | None = None
+) -> ArrayRecord:
+    """The download as a record; with `base`, pruned tensors are sent as their change from it."""
     arrays = {
         name: Array(t.detach().to("cpu", torch.float32).contiguous().numpy())
         for name, t in download.tensors.items()
     }
     for name, t in download.pruned.items():
-        bits, values = prune(t, ratio)
+        bits, values = prune(t if base is None else t - base[name], ratio)
         arrays[name + MASK] = Array(bits)
         arrays[name + VALUES] = Array(values)
     return ArrayRecord(arrays)
 
 
 def decode_download(
-    record: ArrayRecord, shapes: dict[str, tuple[int, ...]]
+    record: ArrayRecord,
+    shapes: dict[str, tuple[int, ...]],
+    base: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """(tensors by name, names that arrived pruned); anything unexpected raises ValueError."""
+    """(tensors by name, names that arrived pruned); anything unexpected raises ValueError.
+
+    With `base`, a pruned tensor is a change from it (see `encode_download`)."""
     tensors: dict[str, torch.Tensor] = {}
     pruned: set[str] = set()
     for key in record:
@@ -154,6 +165,8 @@ def decode_download(
             tensors[name] = unprune(
                 record[key].numpy(), record[name + VALUES].numpy(), shapes[name]
             )
+            if base is not None:
+                tensors[name] += base[name].to(torch.float32)
             pruned.add(name)
             continue
         if key not in shapes:

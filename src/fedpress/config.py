@@ -151,6 +151,10 @@ class CybgdConfig:
     # ... share of the smallest-magnitude entries of frozen layer weight matrices zeroed and
     # sent sparsely (bitmask + kept values); full-parameter mode only.
     prune_ratio: float = 0.0
+    # What pruning keeps: "weights" (the paper: the largest frozen weights) or "delta" (the
+    # largest entries of the change since the pretrained weights; needs delta_sync, under which
+    # clients hold those weights). Same bytes; "delta" keeps the frozen rest nearly exact.
+    prune_target: str = "weights"
     # Clients hold the pretrained weights and receive only blocks changed since they last synced.
     delta_sync: bool = True
 
@@ -293,6 +297,12 @@ class RunConfig:
         for key in ("layer_drop_ratio", "prune_ratio"):
             if not 0.0 <= getattr(cybgd, key) < 1.0:
                 raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
+        _check_choice("cybgd.prune_target", cybgd.prune_target, ("weights", "delta"))
+        if cybgd.prune_target == "delta" and not cybgd.delta_sync:
+            raise FedpressError(
+                "cybgd.prune_target = 'delta' needs cybgd.delta_sync = true: a client without "
+                "delta sync is not assumed to hold the pretrained weights the change is from"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

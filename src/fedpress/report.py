@@ -140,9 +140,10 @@ def codec_label(result: VariantResult) -> str:
     cybgd = c.get("cybgd")
     if c.get("method") == "fedcybgd" and isinstance(cybgd, dict):
         # FedCyBGD compresses its download its own way (docs/fedcybgd.md).
+        prune = "prune-change" if cybgd.get("prune_target") == "delta" else "prune"
         parts = [
             f"{label} {cybgd[key]}"
-            for key, label in (("layer_drop_ratio", "drop"), ("prune_ratio", "prune"))
+            for key, label in (("layer_drop_ratio", "drop"), ("prune_ratio", prune))
             if cybgd.get(key)
         ] + (["delta"] if cybgd.get("delta_sync", True) else [])
         downlink = " + ".join(parts) or "full model"

@@ -239,10 +239,13 @@ class FedCyBGD(Strategy):
         layout: BlockLayout,
         state: dict[str, torch.Tensor],
         parallel_clients: int,
+        pretrained: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
         self.state = state  # the global model (or adapter in PEFT mode), fp32 on CPU
+        # What pruned downloads are a change from (cybgd.prune_target = "delta"); else None.
+        self.prune_base = pretrained if config.cybgd.prune_target == "delta" else None
         self.parallel_clients = max(1, parallel_clients)
         cybgd = config.cybgd
         self.tracker = SyncTracker(
@@ -262,11 +265,13 @@ class FedCyBGD(Strategy):
     def summary(self) -> None:
         cybgd = self.config.cybgd
         log.info(
-            "FedCyBGD: %d blocks, allocation %s, layer drop %.2f, prune %.2f, delta sync %s",
+            "FedCyBGD: %d blocks, allocation %s, layer drop %.2f, prune %.2f of the %s, "
+            "delta sync %s",
             len(self.layout.trainable),
             cybgd.allocation,
             cybgd.layer_drop_ratio,
             cybgd.prune_ratio,
+            cybgd.prune_target,
             cybgd.delta_sync,
         )
 
@@ -289,7 +294,7 @@ class FedCyBGD(Strategy):
                 continue
             with stopwatch() as encode_time:
                 download = self.tracker.plan(node, block, self.state)
-                record = encode_download(download, self.tracker.prune_ratio)
+                record = encode_download(download, self.tracker.prune_ratio, self.prune_base)
             stats.codec_s += encode_time["s"]
             instructions = ConfigRecord(
                 {
@@ -476,7 +481,7 @@ def run_fedcybgd(
     task = cybgd_task(config)
     layout = task_layout(task)
     state = {name: value.clone() for name, value in task.initial_adapter.items()}
-    strategy = FedCyBGD(config, layout, state, parallel_clients)
+    strategy = FedCyBGD(config, layout, state, parallel_clients, task.initial_adapter)
     checkpoint = load_checkpoint(out_dir) if resume else None
     first_round = 1
     if checkpoint is not None:
@@ -590,7 +595,8 @@ def client_train(msg: Message, context: Context, config: RunConfig) -> Message:
     data = _share(task, partition_id)
     with stopwatch() as download_codec:
         shapes = {n: tuple(t.shape) for n, t in task.initial_adapter.items()}
-        tensors, pruned = decode_download(msg.content[MODEL], shapes)
+        base = task.initial_adapter if config.cybgd.prune_target == "delta" else None
+        tensors, pruned = decode_download(msg.content[MODEL], shapes, base)
         view = node_view(context.node_id, str(instructions[TOKEN]), int(instructions[SYNCS]))
         if not config.cybgd.delta_sync:
             view.blocks.clear()  # holds nothing between turns: everything needed must arrive
