@@ -51,6 +51,17 @@ def train(msg: Message, context: Context) -> Message:
     return reply
 
 
+def replay_first_turn(config):
+    """(task, block, change, peak memory) of turn 0: partition 0 trains layer 0 from the
+    pretrained weights, as the run's first client did."""
+    task = build_full_task(config)
+    task.set_adapter(task.initial_adapter)
+    block = task_layout(task).block_of_layer(0)
+    share = task.encode_all(task.splits.client_shares[0])
+    _, delta, peak = train_block(task, task_layout(task), block, share, 0, turn_seed(config, 0, 0))
+    return task, block, delta, peak
+
+
 def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path):
     config = load_config(
         None,
@@ -78,12 +89,7 @@ def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path)
 
     # Replay the honest turn (partition 0, layer 0, from the pretrained weights): the final
     # model is exactly that change on layer 0 and the pretrained weights everywhere else.
-    task = build_full_task(config)
-    layout = task_layout(task)
-    task.set_adapter(task.initial_adapter)
-    block = layout.block_of_layer(0)
-    share = task.encode_all(task.splits.client_shares[0])
-    _, delta, peak = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
+    task, block, delta, peak = replay_first_turn(config)
     final = load_file(out / "model.safetensors")
     assert set(final) == set(task.initial_adapter)
     for name, value in final.items():
@@ -226,12 +232,7 @@ def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, mo
 
     # Turn 0: partition 0 trains layer 0 from the pretrained weights (replayed here). Turn 1:
     # partition 1 (layer 1) receives layer 0 as a pruned change.
-    task = build_full_task(config)
-    layout = task_layout(task)
-    task.set_adapter(task.initial_adapter)
-    block = layout.block_of_layer(0)
-    share = task.encode_all(task.splits.client_shares[0])
-    _, delta, _ = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
+    task, block, delta, _ = replay_first_turn(config)
     rebuilt = load_file(tmp_path / "turn1.safetensors")
     assert set(rebuilt) == set(block.params)
     matrices = [n for n in block.params if delta[n].dim() >= 2]
