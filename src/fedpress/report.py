@@ -270,7 +270,7 @@ def block_rows(
                 "variant": r.name,
                 "method": r.method,
                 "allocation": str(cybgd.get("allocation", "-")) if r.method == "fedcybgd" else "-",
-                "client steps": str(s.get("client_steps_total") or _client_steps(r)),
+                "client steps": _fmt(client_steps(r), "{}"),
                 "MB down, first turn": _fmt(_mb(down.get("first_mean")), "{:.1f}"),
                 "MB down, later turns": _fmt(_mb(down.get("later_mean")), "{:.1f}")
                 + ("" if share is None else f" ({100 * share:.1f} % of model)"),
@@ -287,11 +287,15 @@ def block_rows(
     return rows
 
 
-def _client_steps(result: VariantResult) -> str:
-    """Client optimizer steps of a round-based run: clients that reported x local steps."""
+def client_steps(result: VariantResult) -> int | None:
+    """Client optimizer steps: the run's own count, else (round-based runs) clients that
+    reported x local steps."""
+    counted = (result.summary or {}).get("client_steps_total")
+    if counted:
+        return int(counted)
     steps = (result.config.get("train") or {}).get("local_steps")
     done = sum(r.get("clients_ok") or 0 for r in result.rounds)
-    return str(done * steps) if steps and done else "-"
+    return done * steps if steps and done else None
 
 
 def _mb(value: Any) -> float | None:
