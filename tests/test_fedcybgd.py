@@ -56,9 +56,10 @@ def replay_first_turn(config):
     pretrained weights, as the run's first client did."""
     task = build_full_task(config)
     task.set_adapter(task.initial_adapter)
-    block = task_layout(task).block_of_layer(0)
+    layout = task_layout(task)
+    block = layout.block_of_layer(0)
     share = task.encode_all(task.splits.client_shares[0])
-    _, delta, peak = train_block(task, task_layout(task), block, share, 0, turn_seed(config, 0, 0))
+    _, delta, peak = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
     return task, block, delta, peak
 
 

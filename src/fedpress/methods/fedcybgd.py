@@ -79,6 +79,14 @@ def cybgd_task(config: RunConfig) -> LoraTask:
     return build_full_task(config)
 
 
+def pruning_base(
+    config: RunConfig, pretrained: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor] | None:
+    """What pruned downloads are a change from (cybgd.prune_target = "delta"), or None when the
+    weights themselves are pruned; server and client both ask here, so they agree."""
+    return pretrained if config.cybgd.prune_target == "delta" else None
+
+
 _LAYOUTS: dict[str, BlockLayout] = {}
 
 
@@ -244,8 +252,7 @@ class FedCyBGD(Strategy):
         self.config = config
         self.layout = layout
         self.state = state  # the global model (or adapter in PEFT mode), fp32 on CPU
-        # What pruned downloads are a change from (cybgd.prune_target = "delta"); else None.
-        self.prune_base = pretrained if config.cybgd.prune_target == "delta" else None
+        self.prune_base = pruning_base(config, pretrained) if pretrained is not None else None
         self.parallel_clients = max(1, parallel_clients)
         cybgd = config.cybgd
         self.tracker = SyncTracker(
@@ -595,7 +602,7 @@ def client_train(msg: Message, context: Context, config: RunConfig) -> Message:
     data = _share(task, partition_id)
     with stopwatch() as download_codec:
         shapes = {n: tuple(t.shape) for n, t in task.initial_adapter.items()}
-        base = task.initial_adapter if config.cybgd.prune_target == "delta" else None
+        base = pruning_base(config, task.initial_adapter)
         tensors, pruned = decode_download(msg.content[MODEL], shapes, base)
         view = node_view(context.node_id, str(instructions[TOKEN]), int(instructions[SYNCS]))
         if not config.cybgd.delta_sync:
