@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command in ("tgap", "ae-analyze"):
-            from fedpress.autoencoders.cli import main as ae_main
+            from fedpress.methods.cg_fedllm.cli import main as ae_main
 
             return ae_main(args)
         if args.command == "config":

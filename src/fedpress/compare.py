@@ -38,8 +38,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from fedpress import registry
 from fedpress.checkpoint import CHECKPOINT
-from fedpress.config import RunConfig, _set_dotted, load_config, read_toml
+from fedpress.config import RunConfig, _build, _set_dotted, covers, load_config, read_toml
 from fedpress.errors import FedpressError
 
 STATUS_FILE = "compare.json"
@@ -81,12 +82,30 @@ COMPARE_FOLDER = "{compare}"  # in a string value: the compare folder (e.g. shar
 def resolve(
     base: dict[str, Any], overrides: dict[str, Any], compare_dir: Path | None = None
 ) -> dict[str, Any]:
-    """The raw config of one variant: the base with the variant's dotted keys set on it, and
-    "{compare}" in string values replaced by the compare folder."""
+    """The raw config of one variant: the base (less the keys the variant's method does not
+    read: a base is shared by variants of several methods) with the variant's dotted keys set
+    on it, and "{compare}" in string values replaced by the compare folder."""
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
+    reads = registry.get(str(raw.get("method", "lora-fedavg"))).keys_read(
+        _build(RunConfig, raw, "")
+    )
+    raw = _only_read(copy.deepcopy(base), reads)
+    for key, value in overrides.items():
+        _set_dotted(raw, key, value)
     return _fill_compare_folder(raw, compare_dir) if compare_dir is not None else raw
+
+
+def _only_read(table: dict[str, Any], reads: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if covers(reads, dotted):
+            kept[key] = value
+        elif isinstance(value, dict) and any(r.startswith(dotted + ".") for r in reads):
+            kept[key] = _only_read(value, reads, dotted + ".")
+    return kept
 
 
 def _fill_compare_folder(value: Any, compare_dir: Path) -> Any:

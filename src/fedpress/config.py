@@ -20,15 +20,6 @@ from typing import Any
 
 from fedpress.errors import FedpressError
 
-METHODS = (
-    "centralized",
-    "lora-fedavg",
-    "fedcybgd",
-    "fed-full",
-    "centralized-full",
-    "centralized-cyclic",
-    "cg-fedllm",
-)
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
 
 
@@ -240,7 +231,10 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def validate(self) -> RunConfig:
-        _check_choice("method", self.method, METHODS)
+        from fedpress import registry
+
+        _check_choice("method", self.method, registry.names())
+        method = registry.get(self.method)
         _check_choice("uplink_codec", self.uplink_codec, CODECS)
         _check_choice("downlink_codec", self.downlink_codec, CODECS)
         _check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
@@ -279,30 +273,12 @@ class RunConfig:
             raise FedpressError("config key 'federation.min_replies' exceeds num_clients")
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
-        self.cybgd_checks()
-        if self.method == "cg-fedllm" and self.data.holdout_fraction == 0.0:
-            self.data.holdout_fraction = 0.3  # SPEC: D1 (TGAP) : D2 (FAF) = 3 : 7
-        _validate_autoencoder(self.autoencoder)
-        _validate_privacy(self.privacy)
+        refuse_unread_keys(self, method.keys_read(self))
+        if covers(method.keys_read(self), "privacy"):
+            _validate_privacy(self.privacy)
+        if method.validate is not None:
+            method.validate(self)
         return self
-
-    def cybgd_checks(self) -> None:
-        cybgd = self.cybgd
-        allocations = ("ascending", "descending", "random", "aggregated")
-        _check_choice("cybgd.allocation", cybgd.allocation, allocations)
-        if not 1 <= cybgd.clients_per_block <= self.num_clients:
-            raise FedpressError("config key 'cybgd.clients_per_block' must be in [1, num_clients]")
-        if cybgd.turns_per_round < 0:
-            raise FedpressError("config key 'cybgd.turns_per_round' must be >= 0")
-        for key in ("layer_drop_ratio", "prune_ratio"):
-            if not 0.0 <= getattr(cybgd, key) < 1.0:
-                raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
-        _check_choice("cybgd.prune_target", cybgd.prune_target, ("weights", "delta"))
-        if cybgd.prune_target == "delta" and not cybgd.delta_sync:
-            raise FedpressError(
-                "cybgd.prune_target = 'delta' needs cybgd.delta_sync = true: a client without "
-                "delta sync is not assumed to hold the pretrained weights the change is from"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -328,7 +304,7 @@ class RunConfig:
 AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2", "rowlinear")
 
 
-def _validate_autoencoder(ae: AutoencoderConfig) -> None:
+def validate_autoencoder(ae: AutoencoderConfig) -> None:
     _check_choice("autoencoder.arch", ae.arch, AUTOENCODER_ARCHS)
     _check_choice("autoencoder.latent_dtype", ae.latent_dtype, ("fp16", "fp32"))
     _check_choice("autoencoder.error_feedback", ae.error_feedback, ("auto", "on", "off"))
@@ -370,6 +346,36 @@ def _validate_privacy(dp: PrivacyConfig) -> None:
         raise FedpressError(
             "privacy is enabled with noise_multiplier = 0 and no target_epsilon: no guarantee"
         )
+
+
+def covers(keys: tuple[str, ...], key: str) -> bool:
+    """Whether `key` (dotted) is one of `keys` or inside one of their sections."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def changed_keys(config: RunConfig) -> list[str]:
+    """Dotted keys whose value differs from the default."""
+    changed: list[str] = []
+
+    def walk(value: Any, default: Any, prefix: str) -> None:
+        if isinstance(value, dict):
+            for key in value:
+                walk(value[key], default.get(key), f"{prefix}{key}.")
+        elif value != default:
+            changed.append(prefix.rstrip("."))
+
+    walk(config.to_dict(), RunConfig().to_dict(), "")
+    return changed
+
+
+def refuse_unread_keys(config: RunConfig, reads: tuple[str, ...]) -> None:
+    """A key set away from its default that the chosen method never reads is a mistake."""
+    for key in changed_keys(config):
+        if not covers(reads, key):
+            raise FedpressError(
+                f"config key '{key}' is not used by method '{config.method}': remove it, or "
+                f"choose a method that reads it"
+            )
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """Peak memory of one piece of client work (a training turn), measured, not computed.
 
-`ru_maxrss` is a lifetime high-water mark: Flower's simulation reuses one process for many
-clients, and it includes the model load. What a client needs *to train* is what the turn adds
-on top of the model it already holds, so this measures, around the training call only:
+Two figures, the same for every method (summary.json and metrics.jsonl):
+- `peak`: the client's resident memory at its peak during training, the weights it holds
+  included (`client_peak_mem_bytes`): what a device must have;
+- `bytes`: what training adds above the loaded model (`client_train_mem_bytes`).
+
+`ru_maxrss` would be a lifetime high-water mark (Flower's simulation reuses one process for
+many clients), so both are measured around the training call only:
 
 - on CUDA: `torch.cuda.max_memory_allocated` minus the allocation at the start (peak reset);
 - on CPU: the process RSS sampled by a background thread every `interval_s` during the call,
@@ -35,8 +39,9 @@ def _release_free_heap() -> None:
 
 @contextmanager
 def training_memory(device: torch.device, interval_s: float = 0.002) -> Iterator[dict[str, int]]:
-    """`with training_memory(dev) as mem: ...` then `mem["bytes"]` is the peak added."""
-    box = {"bytes": 0, "baseline": 0}
+    """`with training_memory(dev) as mem: ...` then `mem["peak"]` is the absolute peak and
+    `mem["bytes"]` what the call added above the memory at its start."""
+    box = {"bytes": 0, "baseline": 0, "peak": 0}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -46,7 +51,8 @@ def training_memory(device: torch.device, interval_s: float = 0.002) -> Iterator
             yield box
         finally:
             torch.cuda.synchronize(device)
-            box["bytes"] = max(0, torch.cuda.max_memory_allocated(device) - base)
+            box["peak"] = int(torch.cuda.max_memory_allocated(device))
+            box["bytes"] = max(0, box["peak"] - base)
         return
     _release_free_heap()
     process = psutil.Process()
@@ -67,4 +73,5 @@ def training_memory(device: torch.device, interval_s: float = 0.002) -> Iterator
         stop.set()
         thread.join()
         peak[0] = max(peak[0], process.memory_info().rss)
+        box["peak"] = peak[0]
         box["bytes"] = max(0, peak[0] - base)

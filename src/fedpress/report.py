@@ -128,26 +128,19 @@ def reference_of(header: dict[str, Any], results: list[VariantResult]) -> Varian
 
 
 def codec_label(result: VariantResult) -> str:
+    """ "uplink / downlink" of a federated run; methods with their own codecs say it themselves."""
     if not result.federated:
         return "-"
     c = result.config
-    uplink = str(c.get("uplink_codec", "none"))
-    autoencoder = c.get("autoencoder")
-    # Every config carries an [autoencoder] section; only cg-fedllm uploads through it.
-    if c.get("method") == "cg-fedllm" and isinstance(autoencoder, dict):
-        uplink = f"AE {autoencoder.get('arch', '?')}"
-    downlink = str(c.get("downlink_codec", "none"))
-    cybgd = c.get("cybgd")
-    if c.get("method") == "fedcybgd" and isinstance(cybgd, dict):
-        # FedCyBGD compresses its download its own way (docs/fedcybgd.md).
-        prune = "prune-change" if cybgd.get("prune_target") == "delta" else "prune"
-        parts = [
-            f"{label} {cybgd[key]}"
-            for key, label in (("layer_drop_ratio", "drop"), ("prune_ratio", prune))
-            if cybgd.get(key)
-        ] + (["delta"] if cybgd.get("delta_sync", True) else [])
-        downlink = " + ".join(parts) or "full model"
-    return f"{uplink} / {downlink}"
+    from fedpress import registry
+
+    try:
+        method = registry.get(result.method)
+    except FedpressError:
+        method = None
+    if method is not None and method.codec_label is not None:
+        return method.codec_label(c)
+    return f"{c.get('uplink_codec', 'none')} / {c.get('downlink_codec', 'none')}"
 
 
 def per_client_round_mb(result: VariantResult, key: str) -> float | None:

@@ -33,7 +33,10 @@ class RoundRecord:
     bytes_down: int = 0
     bytes_up_per_client: list[int] = field(default_factory=list)
     bytes_down_per_client: list[int] = field(default_factory=list)
+    # Peak resident memory of a client during its turn, the model it holds included (CUDA:
+    # allocator peak), and what training added above the loaded model (fedpress.memory).
     client_peak_mem_bytes: int = 0
+    client_train_mem_bytes: int = 0
     client_train_s: float = 0.0
     codec_s: float = 0.0
     eval_s: float = 0.0
@@ -66,7 +69,12 @@ class RunRecorder:
             return
         # Rounds logged after the last checkpoint are redone: drop them.
         kept = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        self.rounds = [RoundRecord(**r) for r in kept if r["round"] <= resume_round]
+        known = set(RoundRecord.__dataclass_fields__)
+        self.rounds = [
+            RoundRecord(**{k: v for k, v in r.items() if k in known})
+            for r in kept
+            if r["round"] <= resume_round
+        ]
         metrics.write_text("".join(json.dumps(r.__dict__) + "\n" for r in self.rounds))
 
     def elapsed(self) -> float:
@@ -114,6 +122,9 @@ class RunRecorder:
             "eval_s": sum(r.eval_s for r in self.rounds),
             "orchestration_s": sum(r.orchestration_s for r in trained),
             "client_peak_mem_bytes": max((r.client_peak_mem_bytes for r in self.rounds), default=0),
+            "client_train_mem_bytes": max(
+                (r.client_train_mem_bytes for r in self.rounds), default=0
+            ),
             "clients_failed_total": sum(r.clients_failed for r in self.rounds),
             "out_dir": str(self.out_dir),
             "config": self.config.to_dict(),

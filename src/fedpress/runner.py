@@ -1,26 +1,18 @@
 """Run any config: the one dispatch that `fedpress run`, `fedpress compare` and the benchmarks
 share.
 
-Methods that train in one process (the centralized references) are listed in
-`LOCAL_METHODS`; every other method is federated and goes through the Flower simulation,
-whose ServerApp picks the method's recipe from `server_app.FEDERATED_METHODS`. Adding a
-method is one entry in one of those two tables.
+Methods that train in one process (the centralized references) run their `local` recipe;
+every other method is federated and goes through the Flower simulation, whose ServerApp
+builds the method's server from the registry.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
+from fedpress import registry
 from fedpress.config import RunConfig
-
-# method -> "module:function" taking (config, out_dir, resume=...) and returning the summary.
-LOCAL_METHODS = {
-    "centralized": "fedpress.methods.centralized:run_centralized",
-    "centralized-full": "fedpress.methods.centralized_full:run_centralized_full",
-    "centralized-cyclic": "fedpress.methods.centralized_full:run_centralized_cyclic",
-}
 
 
 def preflight(config: RunConfig) -> None:
@@ -37,10 +29,9 @@ def run_config(
 ) -> dict[str, Any]:
     """Run `config` into `out_dir` (continuing its checkpoint when `resume`); the summary."""
     out_dir = Path(out_dir)
-    if config.method in LOCAL_METHODS:
-        module, _, function = LOCAL_METHODS[config.method].partition(":")
-        recipe = getattr(importlib.import_module(module), function)
-        return recipe(config, out_dir, resume=resume)
+    method = registry.get(config.method)
+    if method.local is not None:
+        return method.local(config, out_dir, resume)
     from fedpress.flower.simulation import simulate
 
     return simulate(config, out_dir, verbose=verbose, resume=resume)

@@ -21,9 +21,8 @@ from fedpress.task import Shapes
 GLOBAL_ADAPTER = "global-adapter"  # the full global adapter (downlink codec "none")
 GLOBAL_DELTA = "global-delta"  # or: the encoded change since what this client holds
 INSTRUCTIONS = "instructions"
-RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON
+RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON: sent once, with the first query
 SERVER_ROUND = "server-round"
-PHASE = "phase"  # optional: "tgap" asks for CG-FedLLM pre-training snapshots instead
 
 # Client -> server (query reply): which data partition this node holds.
 NODE_INFO = "node-info"
@@ -32,7 +31,7 @@ NODE_INFO = "node-info"
 UPDATE = "update"
 TRAIN_METRICS = "train-metrics"
 
-# Client-side state kept in Flower's Context.state across rounds.
+# Client-side state kept in Flower's Context.state across rounds (with RUN_CONFIG).
 UPLINK_CODEC_STATE = "uplink-codec-state"
 GLOBAL_VIEW = "global-view"
 

@@ -1,4 +1,4 @@
-"""ServerApp: runs the configured federated method.
+"""ServerApp: runs the configured federated method through the federation loop.
 
 Two ways in. In the simulation engine, `make_server_app` closes over the config the CLI
 already validated. On the deployment engine, `app` reads the fedpress TOML named by the
@@ -15,24 +15,19 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedpress import registry
 from fedpress.config import RunConfig, load_config
-from fedpress.methods.cg_fedllm import run_cg_fedllm
-from fedpress.methods.fed_full import run_fed_full
-from fedpress.methods.fedcybgd import run_fedcybgd
-from fedpress.methods.lora_fedavg import run_lora_fedavg
+from fedpress.flower.loop import run_federation
 
-FEDERATED_METHODS = {
-    "lora-fedavg": run_lora_fedavg,
-    "fedcybgd": run_fedcybgd,
-    "fed-full": run_fed_full,
-    "cg-fedllm": run_cg_fedllm,
-}
+# (grid, config, out_dir) -> summary: something else than a method's run (`fedpress tgap`).
+Entry = Callable[[Grid, RunConfig, Path], dict[str, Any]]
 
 
 def run_method(
     grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
 ) -> dict[str, Any]:
-    return FEDERATED_METHODS[config.method](grid, config, out_dir, parallel_clients, resume)
+    server = registry.get(config.method).server(config, out_dir)
+    return run_federation(grid, server, parallel_clients, resume)
 
 
 def make_server_app(
@@ -41,17 +36,18 @@ def make_server_app(
     parallel_clients: int,
     box: dict[str, Any],
     resume: bool = False,
-    entry: Callable[..., dict[str, Any]] | None = None,
+    entry: Entry | None = None,
 ) -> ServerApp:
-    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`.
-    `entry` replaces the configured method (e.g. `fedpress tgap` runs only that phase)."""
+    """A ServerApp for the simulation engine; the summary (or the error) lands in `box`."""
     server_app = ServerApp()
-    runner = entry or run_method
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            box["summary"] = runner(grid, config, out_dir, parallel_clients, resume)
+            if entry is not None:
+                box["summary"] = entry(grid, config, out_dir)
+            else:
+                box["summary"] = run_method(grid, config, out_dir, parallel_clients, resume)
         except BaseException as exc:  # handed back to the CLI thread, which reports it
             box["error"] = exc
             raise

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from flwr.simulation import run_simulation
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower.client_app import app as fedpress_client_app
-from fedpress.flower.server_app import make_server_app
-from fedpress.methods.lora_fedavg import parallel_slots
+from fedpress.flower.loop import parallel_slots
+from fedpress.flower.server_app import Entry, make_server_app
 
 
 def simulate(
@@ -25,7 +24,7 @@ def simulate(
     verbose: bool = False,
     resume: bool = False,
     client_app: ClientApp | None = None,
-    entry: Callable[..., dict[str, Any]] | None = None,
+    entry: Entry | None = None,
 ) -> dict[str, Any]:
     """Run `config` on the simulation engine; `client_app` replaces fedpress's own (tests
     use it to put misbehaving clients into a real run)."""

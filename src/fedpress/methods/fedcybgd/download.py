@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedpress.blocks import Block, BlockLayout, dropped_layers
+from fedpress.methods.fedcybgd.blocks import Block, BlockLayout, dropped_layers
 
 VALUES = "::values"
 MASK = "::mask"

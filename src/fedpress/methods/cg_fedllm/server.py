@@ -1,8 +1,8 @@
 """CG-FedLLM (SPEC section 1): LoRA-FedAvg whose uplink is a learned autoencoder's latent.
 
-The recipe is `run_lora_fedavg` with the `CgFedLLM` strategy, which adds to LoRA-FedAvg:
+`CgFedLLMServer` is LoRA-FedAvg's server plus:
 - `prepare`: TGAP before round 1 (clients record D1 snapshots, the server trains the
-  autoencoder; `autoencoders.tgap`), or the autoencoder of `autoencoder.checkpoint`. TGAP's
+  autoencoder; `tgap`), or the autoencoder of `autoencoder.checkpoint`. TGAP's
   messages are accounted as round 0 (bytes up and down, client time), so run totals include them.
 - `downlink_record`: the first message a node gets (and the first after the autoencoder
   changes) also carries the autoencoder's weights (the encoder, and the decoder: the client fits
@@ -20,27 +20,28 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedpress.accounting import message_nbytes
-from fedpress.autoencoders import build_autoencoder
-from fedpress.autoencoders.tgap import (
+from fedpress.autoencoders.training import (
     META,
-    TgapResult,
     load_autoencoder,
     retrain_from_snapshots,
-    run_tgap_phase,
     save_autoencoder,
     train_autoencoder,
 )
-from fedpress.codecs import Codec, ErrorFeedback, build_codec
+from fedpress.codecs import build_codec
 from fedpress.codecs.autoencoder import AutoencoderCodec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
-from fedpress.methods.lora_fedavg import LoraFedAvg, RoundStats, run_lora_fedavg
+from fedpress.flower.loop import Accepted, RoundStats
+from fedpress.methods.cg_fedllm.tgap import TgapResult, run_tgap_phase
+from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
+from fedpress.task import LoraTask, build_task
 
 log = logging.getLogger("fedpress")
 
@@ -51,39 +52,26 @@ FULL_UPDATE = "full-update"  # instruction flag: send an fp16 update this round 
 _SHIPPED_META_KEYS = ("arch", "compression", "latent_dtype", "input_gain")
 
 
-def client_error_feedback(config: RunConfig) -> bool:
-    return config.autoencoder.error_feedback != "off"
-
-
 def adapt_round(config: RunConfig, server_round: int) -> bool:
     every = config.autoencoder.adapt_every
     return every > 0 and server_round % every == 0
 
 
-class CgFedLLM(LoraFedAvg):
-    def __init__(self, config: RunConfig, shapes, initial, parallel_clients: int) -> None:  # noqa: ANN001
-        super().__init__(config, shapes, initial, parallel_clients)
-        self.meta: dict = {}
+class CgFedLLMServer(LoraFedAvgServer):
+    def __init__(self, config: RunConfig, task: LoraTask, out_dir: Path) -> None:
+        super().__init__(config, task, out_dir)
+        self.meta: dict[str, Any] = {}
         self.version = 0
         self.shipped: dict[int, int] = {}  # node -> autoencoder version it holds
         self.ae_bytes_down = 0
         self.pool: list[dict[str, torch.Tensor]] = []
         self.fp16 = build_codec("fp16")
-        self.out_dir = Path(".")
-        self.full_round = False
-        self.tgap_meta: dict = {}
+        self.tgap_meta: dict[str, Any] = {}
         self.tgap_in_run = False
+        log.info("CG-FedLLM: %s at 1/%d", config.autoencoder.arch, config.autoencoder.compression)
 
-    def summary(self) -> None:
-        log.info(
-            "CG-FedLLM: %s at 1/%d",
-            self.config.autoencoder.arch,
-            self.config.autoencoder.compression,
-        )
-
-    def prepare(self, grid: Grid, task, out_dir: Path, resume: bool) -> None:  # noqa: ANN001
+    def prepare(self, grid: Grid, resume: bool) -> None:
         options = self.config.autoencoder
-        self.out_dir = Path(out_dir)
         saved = self.out_dir / "autoencoder"
         if options.checkpoint:
             model, meta = load_autoencoder(options.checkpoint, self.shapes)
@@ -94,7 +82,7 @@ class CgFedLLM(LoraFedAvg):
                 self.config, options.snapshots_from, self.out_dir, self.shapes
             )
         else:
-            result = run_tgap_phase(grid, self.config, self.partitions, task, self.out_dir)
+            result = run_tgap_phase(grid, self.config, self.partitions, self.task, self.out_dir)
             self.record_tgap(result)
             model, meta = result.model, result.meta
             self.tgap_in_run = True
@@ -111,15 +99,15 @@ class CgFedLLM(LoraFedAvg):
         self.install(model, meta)
 
     def record_tgap(self, result: TgapResult) -> None:
-        self.stats[0] = RoundStats(
-            sampled=len(result.bytes_down),
-            bytes_down=result.bytes_down,
-            bytes_up=result.bytes_up,
-            ok=len(result.bytes_up),
-            client_train_s=result.client_train_s,
-        )
+        """TGAP's messages are round 0's cost, with the connection's."""
+        stats = self.stats.setdefault(0, RoundStats())
+        stats.sampled += len(result.bytes_down)
+        stats.bytes_down.extend(result.bytes_down)
+        stats.bytes_up.extend(result.bytes_up)
+        stats.ok += len(result.bytes_up)
+        stats.client_train_s += result.client_train_s
 
-    def install(self, model: torch.nn.Module, meta: dict) -> None:
+    def install(self, model: torch.nn.Module, meta: dict[str, Any]) -> None:
         """Use this autoencoder from now on (the next message to each node ships it)."""
         self.meta = meta
         self.model = model.eval()
@@ -127,15 +115,14 @@ class CgFedLLM(LoraFedAvg):
             model, self.shapes, float(meta["input_gain"]), meta["latent_dtype"]
         )
         self.version += 1
-        state = model.state_dict()
         # Encoder and decoder: the client fits its per-tensor scales on what the server will
         # decode, and error feedback needs the same reconstruction.
-        self.ship_weights = protocol.tensors_to_record(dict(state))
+        self.ship_weights = protocol.tensors_to_record(dict(model.state_dict()))
         shipped = {k: meta[k] for k in _SHIPPED_META_KEYS}
         shipped["width"] = self.uplink_codec.layout.width
         self.ship_meta = ConfigRecord({"json": json.dumps({**shipped, "version": self.version})})
 
-    def downlink_record(self, node: int, arrays: ArrayRecord) -> dict:
+    def downlink_record(self, node: int, arrays: ArrayRecord) -> dict[str, Any]:
         records = super().downlink_record(node, arrays)
         if self.shipped.get(node) != self.version:
             extra = {AE_WEIGHTS: self.ship_weights, AE_META: self.ship_meta}
@@ -144,30 +131,28 @@ class CgFedLLM(LoraFedAvg):
             records.update(extra)
         return records
 
-    def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN201
-        messages = list(super().configure_train(server_round, arrays, config, grid))
-        self.full_round = adapt_round(self.config, server_round)
-        if self.full_round:
+    def configure(self, server_round: int, exchange: Any, nodes: list[int]) -> list[Message]:
+        messages = super().configure(server_round, exchange, nodes)
+        if adapt_round(self.config, server_round):
             for message in messages:
                 message.content[protocol.INSTRUCTIONS][FULL_UPDATE] = True
         return messages
 
-    def read_content(self, content: RecordDict, node: int):  # noqa: ANN201
-        if not self.full_round:
-            return super().read_content(content, node)
-        codec, self.uplink_codec = self.uplink_codec, self.fp16
-        try:
-            delta, weight, metrics = super().read_content(content, node)
-        finally:
-            self.uplink_codec = codec
-        self.pool.append(delta)
-        return delta, weight, metrics
+    def decode(
+        self, server_round: int, exchange: Any, content: RecordDict, metrics: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        if not adapt_round(self.config, server_round):
+            return super().decode(server_round, exchange, content, metrics)
+        update = protocol.decode_record(
+            self.fp16, content.array_records[protocol.UPDATE], self.shapes
+        )
+        self.pool.append(update)
+        return update
 
-    def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201
-        result = super().aggregate_train(server_round, replies)
+    def apply(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
+        super().apply(server_round, exchange, accepted)
         if adapt_round(self.config, server_round) and self.pool:
             self.adapt(server_round)
-        return result
 
     def adapt(self, server_round: int) -> None:
         """Fine-tune the autoencoder on the exact updates of this round (adapt mode)."""
@@ -181,7 +166,7 @@ class CgFedLLM(LoraFedAvg):
         self.pool.clear()
         self.install(model, meta)
 
-    def summary_extra(self) -> dict:
+    def summary_extra(self) -> dict[str, Any]:
         validation = self.tgap_meta.get("validation", {})
         layout = self.meta.get("layout", {})
         numel = layout.get("numel", 0)
@@ -207,32 +192,5 @@ class CgFedLLM(LoraFedAvg):
         }
 
 
-def run_cg_fedllm(
-    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
-) -> dict:
-    return run_lora_fedavg(grid, config, out_dir, parallel_clients, resume, strategy_cls=CgFedLLM)
-
-
-# --------------------------------------------------------------------------- client side
-
-
-def client_uplink_codec(msg: Message, context: Context, config: RunConfig, shapes) -> Codec:  # noqa: ANN001
-    """The uplink codec of a cg-fedllm client: the autoencoder the server shipped (kept in
-    Context.state), in the shared ErrorFeedback wrapper; fp16 in an adapt round."""
-    feedback = client_error_feedback(config)
-    if bool(msg.content[protocol.INSTRUCTIONS].get(FULL_UPDATE, False)):
-        # Same state layout as the autoencoder's ErrorFeedback: the residual carries over.
-        return build_codec("fp16", error_feedback=feedback)
-    if AE_WEIGHTS in msg.content.array_records:
-        context.state[AE_WEIGHTS] = msg.content[AE_WEIGHTS]
-        context.state[AE_META] = msg.content[AE_META]
-    if AE_WEIGHTS not in context.state.array_records:
-        raise ValueError("no autoencoder received from the server")
-    meta = json.loads(str(context.state[AE_META]["json"]))
-    model = build_autoencoder(meta["arch"], int(meta["compression"]), int(meta["width"]))
-    weights = protocol.record_to_tensors(context.state[AE_WEIGHTS])
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or missing:
-        raise ValueError("the shipped autoencoder weights do not fit its architecture")
-    codec = AutoencoderCodec(model, shapes, float(meta["input_gain"]), meta["latent_dtype"])
-    return ErrorFeedback(codec) if feedback else codec
+def build_server(config: RunConfig, out_dir: Path) -> CgFedLLMServer:
+    return CgFedLLMServer(config, build_task(config), out_dir)

@@ -11,7 +11,8 @@ from fedpress.errors import FedpressError
 
 
 def main(args: argparse.Namespace) -> int:
-    from fedpress.autoencoders import tgap
+    from fedpress.autoencoders import training
+    from fedpress.methods.cg_fedllm import tgap
 
     if args.command == "ae-analyze":
         try:
@@ -20,7 +21,9 @@ def main(args: argparse.Namespace) -> int:
             raise FedpressError(
                 f"--sigmas expects comma-separated numbers: {args.sigmas}"
             ) from None
-        report = tgap.analyze(Path(args.folder), sigmas, args.snapshots and Path(args.snapshots))
+        report = training.analyze(
+            Path(args.folder), sigmas, args.snapshots and Path(args.snapshots)
+        )
         print(json.dumps(report, indent=2))
         return 0
     from fedpress.cli import quiet
@@ -28,6 +31,8 @@ def main(args: argparse.Namespace) -> int:
     from fedpress.runner import preflight
 
     config = load_config(args.config, args.overrides)
+    if config.method != "cg-fedllm":
+        raise FedpressError('`fedpress tgap` is CG-FedLLM\'s phase: set method = "cg-fedllm"')
     if config.data.holdout_fraction == 0.0:
         raise FedpressError("TGAP trains on each client's D1 share: set data.holdout_fraction > 0")
     out_dir = Path(args.out or f"runs/tgap-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -37,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         from fedpress.task import build_task
 
         shapes = build_task(config).adapter_shapes()
-        meta = tgap.retrain_from_snapshots(config, args.snapshots, out_dir, shapes)[1]
+        meta = training.retrain_from_snapshots(config, args.snapshots, out_dir, shapes)[1]
     else:
         from fedpress.flower.simulation import simulate
 

@@ -1,0 +1,77 @@
+"""FedCyBGD: full-parameter federated tuning, one block per client turn, in a cycle, with a
+compressed download (docs/fedcybgd.md).
+
+- `blocks`: the model's blocks (decoder layers; optionally embeddings and head);
+- `download`: the compressed download and what each node holds;
+- `turns`: the allocation of blocks to clients and training one block;
+- `server`, `client`: the two sides of a turn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedpress.config import RunConfig
+from fedpress.errors import FedpressError
+from fedpress.methods.fedcybgd import client
+from fedpress.methods.fedcybgd.server import FedCyBGDServer
+from fedpress.registry import Method, register
+
+
+def check_cybgd(config: RunConfig) -> None:
+    cybgd = config.cybgd
+    allocations = ("ascending", "descending", "random", "aggregated")
+    if cybgd.allocation not in allocations:
+        raise FedpressError(
+            f"config key 'cybgd.allocation' = '{cybgd.allocation}' is not one of "
+            f"{', '.join(allocations)}"
+        )
+    if not 1 <= cybgd.clients_per_block <= config.num_clients:
+        raise FedpressError("config key 'cybgd.clients_per_block' must be in [1, num_clients]")
+    if cybgd.turns_per_round < 0:
+        raise FedpressError("config key 'cybgd.turns_per_round' must be >= 0")
+    for key in ("layer_drop_ratio", "prune_ratio"):
+        if not 0.0 <= getattr(cybgd, key) < 1.0:
+            raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
+    if cybgd.prune_target not in ("weights", "delta"):
+        raise FedpressError("config key 'cybgd.prune_target' must be 'weights' or 'delta'")
+    if cybgd.prune_target == "delta" and not cybgd.delta_sync:
+        raise FedpressError(
+            "cybgd.prune_target = 'delta' needs cybgd.delta_sync = true: a client without "
+            "delta sync is not assumed to hold the pretrained weights the change is from"
+        )
+
+
+def lora_when_peft(config: RunConfig) -> tuple[str, ...]:
+    return ("lora",) if config.cybgd.peft else ()
+
+
+def build_server(config: RunConfig, out_dir: Path) -> FedCyBGDServer:
+    return FedCyBGDServer(config, out_dir)
+
+
+def codec_label(config: dict) -> str:
+    """FedCyBGD compresses its download its own way (docs/fedcybgd.md)."""
+    cybgd = config.get("cybgd") or {}
+    prune = "prune-change" if cybgd.get("prune_target") == "delta" else "prune"
+    parts = [
+        f"{label} {cybgd[key]}"
+        for key, label in (("layer_drop_ratio", "drop"), ("prune_ratio", prune))
+        if cybgd.get(key)
+    ] + (["delta"] if cybgd.get("delta_sync", True) else [])
+    return f"{config.get('uplink_codec', 'none')} / {' + '.join(parts) or 'full model'}"
+
+
+METHOD = register(
+    Method(
+        name="fedcybgd",
+        about="full-parameter tuning, one block per client turn in a cycle (FedCyBGD)",
+        # No downlink_codec: the download is compressed by [cybgd] (drop, prune, delta sync).
+        reads=("cybgd", "uplink_codec", "codec", "federation"),
+        reads_when=lora_when_peft,
+        server=build_server,
+        client={"": client.train},
+        validate=check_cybgd,
+        codec_label=codec_label,
+    )
+)

@@ -1,0 +1,57 @@
+"""LoRA-FedAvg, client side: load the global adapter, train `train.local_steps` steps on this
+node's share, send the change of the adapter (SPEC section 1) through the uplink codec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import Context, Message
+
+from fedpress.accounting import stopwatch
+from fedpress.codecs import Codec
+from fedpress.config import RunConfig
+from fedpress.flower import node, protocol
+from fedpress.task import LoraTask, Shapes, build_task
+
+# (message, context, config, shapes) -> the codec this round's change goes through.
+UplinkChoice = Callable[[Message, Context, RunConfig, Shapes], Codec]
+
+
+def configured_uplink(msg: Message, context: Context, config: RunConfig, shapes: Shapes) -> Codec:
+    return protocol.make_codec(config.uplink_codec, config.codec, uplink=True)
+
+
+def train(
+    msg: Message,
+    context: Context,
+    config: RunConfig,
+    task: LoraTask | None = None,
+    uplink: UplinkChoice = configured_uplink,
+) -> Message:
+    """One round on this node. `task` and `uplink` are what LoRA variants change (FFA-LoRA's
+    task trains B only; CG-FedLLM's uplink is the shipped autoencoder)."""
+    task = task or build_task(config)
+    server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
+    partition = node.partition_id(context, config)
+    data = node.share(task, partition)
+    with stopwatch() as download_codec:
+        global_state = node.receive_global(msg, context, task)
+    task.set_adapter(global_state)
+    with node.training_memory(task.device) as memory:
+        result = task.train_round(
+            data,
+            server_round,
+            steps=config.train.local_steps,
+            seed=node.train_seed(config, server_round, partition),
+        )
+    end_state = task.adapter()
+    with stopwatch() as upload_codec:
+        delta = {name: end_state[name] - global_state[name] for name in end_state}
+        if config.privacy.enabled and config.privacy.client_clip:
+            from fedpress.privacy import clip_update
+
+            delta = clip_update(delta, config.privacy.clip_norm)
+        codec = uplink(msg, context, config, task.adapter_shapes())
+        update = node.encode_uplink(context, codec, delta)
+    codec_s = download_codec["s"] + upload_codec["s"]
+    return node.reply(msg, update, result, memory, codec_s, partition)

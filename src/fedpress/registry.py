@@ -1,0 +1,118 @@
+"""The methods fedpress knows, by name: the one place the CLI, the runner, the ServerApp, the
+ClientApp, the config loader and the reports learn about a method.
+
+A method is one package under `fedpress.methods` that calls `register(Method(...))` once when
+imported (as PEFT's tuners register themselves). Adding a method is adding that package and
+its name to `BUILTIN`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedpress.errors import FedpressError
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+
+    from fedpress.config import RunConfig
+
+# Keys every method reads; a method declares the rest in `Method.reads`.
+SHARED_KEYS = (
+    "method",
+    "model",
+    "num_clients",
+    "rounds",
+    "seed",
+    "data",
+    "train",
+    "eval",
+    "runtime",
+)
+
+# Packages imported on first use; a third-party method registers by being imported.
+BUILTIN = (
+    "lora_fedavg",
+    "ffa_lora",
+    "cg_fedllm",
+    "fedcybgd",
+    "fed_full",
+    "centralized",
+)
+
+ClientHandler = Callable[["Message", "Context", "RunConfig"], "Message"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a method is made of. Exactly one of `server` (federated) and `local` is set."""
+
+    name: str
+    # One line for help texts and reports.
+    about: str
+    # Config keys this method honours beyond SHARED_KEYS: a section ("cybgd") or one key
+    # ("federation.fraction_train"). A key of another method set to a non-default value is refused.
+    reads: tuple[str, ...] = ()
+    # Federated: builds the server side (fedpress.flower.loop.FederatedServer) from
+    # (config, out_dir, parallel_clients).
+    server: Callable[..., Any] | None = None
+    # Federated: the client handlers by phase; "" is the method's ordinary training turn.
+    client: Mapping[str, ClientHandler] = field(default_factory=dict)
+    # Local references: run(config, out_dir, resume) -> summary.
+    local: Callable[[RunConfig, Path, bool], dict[str, Any]] | None = None
+    # Extra checks of the keys it reads (beyond their types), and the keys it reads only in
+    # some settings (e.g. fedcybgd reads [lora] only with cybgd.peft).
+    validate: Callable[[RunConfig], None] | None = None
+    reads_when: Callable[[RunConfig], tuple[str, ...]] | None = None
+    # Short description of a finished run's codecs for reports, from its config dict.
+    codec_label: Callable[[dict[str, Any]], str] | None = None
+
+    @property
+    def federated(self) -> bool:
+        return self.server is not None
+
+    def keys_read(self, config: RunConfig) -> tuple[str, ...]:
+        extra = self.reads_when(config) if self.reads_when else ()
+        return SHARED_KEYS + self.reads + extra
+
+
+_METHODS: dict[str, Method] = {}
+_loaded = False
+
+
+def register(method: Method) -> Method:
+    if (method.server is None) == (method.local is None):
+        raise ValueError(f"method {method.name}: give exactly one of server and local")
+    if method.name in _METHODS and _METHODS[method.name] != method:
+        raise ValueError(f"method {method.name} is registered twice")
+    _METHODS[method.name] = method
+    return method
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for package in BUILTIN:
+            importlib.import_module(f"fedpress.methods.{package}")
+
+
+def names() -> tuple[str, ...]:
+    _load_builtin()
+    return tuple(_METHODS)
+
+
+def get(name: str) -> Method:
+    _load_builtin()
+    if name not in _METHODS:
+        raise FedpressError(f"unknown method '{name}'; known: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def all_methods() -> tuple[Method, ...]:
+    _load_builtin()
+    return tuple(_METHODS.values())
