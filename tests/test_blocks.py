@@ -7,7 +7,10 @@ from flwr.app import RecordDict
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from fedpress.accounting import message_nbytes
-from fedpress.block_sync import (
+from fedpress.config import CybgdConfig, RuntimeConfig
+from fedpress.memory import training_memory
+from fedpress.methods.fedcybgd.blocks import dropped_layers, find_blocks, without_layers
+from fedpress.methods.fedcybgd.download import (
     Download,
     NodeView,
     SyncTracker,
@@ -16,10 +19,7 @@ from fedpress.block_sync import (
     prune,
     unprune,
 )
-from fedpress.blocks import dropped_layers, find_blocks, without_layers
-from fedpress.config import CybgdConfig, RuntimeConfig
-from fedpress.memory import training_memory
-from fedpress.methods.fedcybgd import plan_round
+from fedpress.methods.fedcybgd.turns import plan_round
 from fedpress.models import TINY_MODELS, load_base_model
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 
 from fedpress.autoencoders import ARCHS, Layout, build_autoencoder
-from fedpress.autoencoders.tgap import save_autoencoder
+from fedpress.autoencoders.training import save_autoencoder
 from fedpress.codecs import ErrorFeedback, PayloadError
 from fedpress.codecs.autoencoder import AutoencoderCodec
 from fedpress.config import load_config
@@ -227,8 +228,13 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     assert summary["tgap_snapshots"] == 2 * 3
     assert set(meta["validation"]) >= {"mse", "cosine", "snr", "snr_db"}
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # TGAP is round 0's traffic: two snapshot replies, counted from the Flower messages.
-    assert rounds[0]["bytes_up"] == summary["tgap_bytes_up"] > 3 * 7168 * 2
+    # TGAP is round 0's traffic (two snapshot replies, counted from the Flower messages),
+    # with the two connection replies (which partition each node holds).
+    assert summary["tgap_bytes_up"] > 3 * 7168 * 2
+    assert len(rounds[0]["bytes_up_per_client"]) == 4
+    assert rounds[0]["bytes_up"] - summary["tgap_bytes_up"] == sum(
+        sorted(rounds[0]["bytes_up_per_client"])[:2]
+    )
     assert summary["ae_bytes_down"] > 0 and summary["ae_arch"] == "resnet3"
     assert summary["compression_ratio"] == pytest.approx(7168 / 128)  # padding costs
     # The latent is far smaller than the update: each FAF reply < 1/10 of an fp32 update.
@@ -241,12 +247,12 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     )
 
     # Another architecture trains on the snapshots this run recorded, with no new messages.
-    from fedpress.methods.cg_fedllm import CgFedLLM
+    from fedpress.methods.cg_fedllm.server import CgFedLLMServer
 
     other = _tiny("num_clients=2", "autoencoder.arch=uformer0", f"autoencoder.snapshots_from={out}")
     task = build_task(other)
-    strategy = CgFedLLM(other, task.adapter_shapes(), task.initial_adapter, 1)
-    strategy.prepare(None, task, tmp_path / "second", resume=False)
+    strategy = CgFedLLMServer(other, task, tmp_path / "second")
+    strategy.prepare(None, resume=False)
     extra = strategy.summary_extra()
     assert extra["ae_arch"] == "uformer0" and not extra["tgap_in_run"]
     assert extra["tgap_snapshots"] == summary["tgap_snapshots"]
@@ -256,21 +262,20 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     assert retrained["snapshots_from"] == str(out / "autoencoder" / "snapshots.safetensors")
     with pytest.raises(FedpressError, match="no TGAP snapshots"):
         missing = _tiny("num_clients=2", f"autoencoder.snapshots_from={tmp_path / 'nowhere'}")
-        CgFedLLM(missing, task.adapter_shapes(), task.initial_adapter, 1).prepare(
-            None, task, tmp_path / "third", resume=False
-        )
+        CgFedLLMServer(missing, task, tmp_path / "third").prepare(None, resume=False)
 
 
 def test_client_codec_is_the_shared_error_feedback_wrapper():
     from flwr.app import ConfigRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedpress.methods.cg_fedllm import CgFedLLM, client_uplink_codec
+    from fedpress.methods.cg_fedllm.client import client_uplink_codec
+    from fedpress.methods.cg_fedllm.server import CgFedLLMServer
 
     config = _tiny("num_clients=2", "rounds=1")
     task = build_task(config)
     shapes = task.adapter_shapes()
-    strategy = CgFedLLM(config, shapes, task.initial_adapter, 1)
+    strategy = CgFedLLMServer(config, task, Path("."))
     meta = {"arch": "resnet3", "compression": 64, "latent_dtype": "fp16", "input_gain": 3.0}
     strategy.install(_codec(shapes).model, meta)
     records = strategy.downlink_record(7, protocol.tensors_to_record(task.initial_adapter))
@@ -323,7 +328,7 @@ def test_clipping_bound_holds_after_decoding_and_noise_is_applied():
     decoded = codec.decode(payload, shapes)
     assert update_norm(decoded) > 10 * 0.5  # the decoder's output is not bounded by the client
     aggregator = PrivateAggregator(config)
-    mean = aggregator.aggregate([decoded], 1)
+    mean = aggregator.aggregate([decoded], 1, shapes)
     assert update_norm(mean) <= 0.5 / 4 * (1 + 1e-6)  # sensitivity C / K holds
     noisy = load_config(
         None,
@@ -335,9 +340,12 @@ def test_clipping_bound_holds_after_decoding_and_noise_is_applied():
         ],
     )
     zeros = {"w": torch.zeros(200_000)}
-    out = PrivateAggregator(noisy).aggregate([zeros, zeros], 1)["w"]
+    out = PrivateAggregator(noisy).aggregate([zeros, zeros], 1, {"w": (200_000,)})["w"]
     assert float(out.std()) == pytest.approx(1.0 * 1.0 / 2, rel=0.02)
-    assert PrivateAggregator(noisy).summary()["dp_epsilon"] == 0.0  # nothing released yet
+    # A round Poisson sampling drew nobody for releases the same noise, on zeros.
+    alone = PrivateAggregator(noisy).aggregate([], 1, {"w": (200_000,)})["w"]
+    assert float(alone.std()) == pytest.approx(1.0 * 1.0 / 2, rel=0.02)
+    assert PrivateAggregator(noisy).summary(["rounds"])["dp_epsilon"] == 0.0  # nothing released yet
 
 
 def test_privacy_config_errors_are_one_line():
@@ -357,6 +365,8 @@ def test_tgap_and_ae_analyze_commands(tmp_path, capsys):
     assert main(["ae-analyze", str(folder), "--sigmas", "5e-5,5e-1"]) == 0
     report = json.loads((folder / "analysis.json").read_text())
     assert [row["sigma"] for row in report["noise"]] == [5e-5, 5e-1]
-    # TGAP needs a D1 share: without one it is a one-line user error, exit 2.
+    # TGAP is CG-FedLLM's phase (which always has a D1 share, 0.3 unless set): asked of
+    # another method it is a one-line user error, exit 2.
     assert main(["tgap", "--set=model=tiny-llama", "--out", str(tmp_path / "x")]) == 2
-    assert "holdout_fraction" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cg-fedllm" in err and len(err.strip().splitlines()) == 1

@@ -8,7 +8,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedpress import task as task_module
 from fedpress.config import load_config
-from fedpress.flower import client_app, protocol
+from fedpress.flower import client_app, node, protocol
 from fedpress.task import build_task
 
 
@@ -23,20 +23,20 @@ def instruction(config, server_round, global_record) -> Message:
     content = RecordDict(
         {
             protocol.GLOBAL_ADAPTER: global_record,
-            protocol.INSTRUCTIONS: ConfigRecord(
-                {protocol.RUN_CONFIG: config.to_json(), protocol.SERVER_ROUND: server_round}
-            ),
+            protocol.INSTRUCTIONS: ConfigRecord({protocol.SERVER_ROUND: server_round}),
         }
     )
     return Message(content=content, message_type="train", dst_node_id=1)
 
 
-def new_context() -> Context:
+def new_context(config) -> Context:
+    """A node that has joined the run: it holds the run config (sent once, with the query)."""
+    state = RecordDict({protocol.RUN_CONFIG: ConfigRecord({protocol.RUN_CONFIG: config.to_json()})})
     return Context(
         run_id=1,
         node_id=1,
         node_config={"partition-id": 0, "num-partitions": 2},
-        state=RecordDict(),
+        state=state,
         run_config={},
     )
 
@@ -44,7 +44,7 @@ def new_context() -> Context:
 def forget_process_caches() -> None:
     """What a fresh ClientApp process starts with: no model, no tokenised data."""
     task_module._CACHE.clear()
-    client_app._encoded_shares.clear()
+    node._encoded_shares.clear()
 
 
 def test_error_feedback_residual_survives_a_process_restart():
@@ -59,7 +59,7 @@ def test_error_feedback_residual_survives_a_process_restart():
         ],
     )
     global_record = protocol.tensors_to_record(build_task(config).initial_adapter)
-    long_lived, restarted = new_context(), new_context()
+    long_lived, restarted = new_context(config), new_context(config)
 
     first = client_app.train(instruction(config, 1, global_record), long_lived)
     forget_process_caches()
@@ -73,7 +73,7 @@ def test_error_feedback_residual_survives_a_process_restart():
     payload = lambda m: m.content[protocol.UPDATE][protocol.PACKED].numpy()  # noqa: E731
     assert np.array_equal(payload(second_long), payload(second_restarted))
     # ...and the residual really changes what is sent: without it round 2 differs.
-    fresh = client_app.train(instruction(config, 2, global_record), new_context())
+    fresh = client_app.train(instruction(config, 2, global_record), new_context(config))
     assert not np.array_equal(payload(second_long), payload(fresh))
     assert payload(first).size == payload(second_long).size
 
@@ -90,12 +90,10 @@ def test_delta_downlink_keeps_the_clients_copy_in_context_state():
     content = RecordDict(
         {
             protocol.GLOBAL_DELTA: protocol.encode_record(codec, change, shapes),
-            protocol.INSTRUCTIONS: ConfigRecord(
-                {protocol.RUN_CONFIG: config.to_json(), protocol.SERVER_ROUND: 1}
-            ),
+            protocol.INSTRUCTIONS: ConfigRecord({protocol.SERVER_ROUND: 1}),
         }
     )
-    context = new_context()
+    context = new_context(config)
     client_app.train(Message(content=content, message_type="train", dst_node_id=1), context)
     view = protocol.record_to_tensors(context.state[protocol.GLOBAL_VIEW])
     for name in target:  # int8 with per-block absmax scales: error well below the change

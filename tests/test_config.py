@@ -44,18 +44,19 @@ def test_overrides_are_typed_from_toml_literals():
         ("federation.fraction_train=1.5", "fraction_train"),
         ("train=3", "must be a table"),
         ("novalue", "key=value"),
-        ("cybgd.prune_target=weight", "did you mean 'weights'"),
+        ("method=fedcybgd cybgd.prune_target=weight", "did you mean 'weights'"),
     ],
 )
 def test_bad_keys_and_values_name_the_problem(override, message):
     with pytest.raises(FedpressError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split(" "))
 
 
 def test_pruning_the_change_needs_delta_sync():
-    load_config(None, ["cybgd.prune_target=delta"])  # delta sync is on by default
+    fedcybgd = "method=fedcybgd"
+    load_config(None, [fedcybgd, "cybgd.prune_target=delta"])  # delta sync is on by default
     with pytest.raises(FedpressError, match="needs cybgd.delta_sync"):
-        load_config(None, ["cybgd.prune_target=delta", "cybgd.delta_sync=false"])
+        load_config(None, [fedcybgd, "cybgd.prune_target=delta", "cybgd.delta_sync=false"])
 
 
 def test_saved_config_reruns_exactly(tmp_path):

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from conftest import REPO
-from fedpress.flower.deployment import launch_local_deployment
+from fedpress.local_deployment import launch_local_deployment
 
 
 def test_tls_supernode_auth_runs_enrolled_nodes_and_refuses_unknown_key(tmp_path, tiny_run_toml):

@@ -14,12 +14,13 @@ from transformers import AutoModelForCausalLM
 
 from fedpress.config import load_config
 from fedpress.flower import client_app as honest
-from fedpress.flower import protocol
+from fedpress.flower import node, protocol
 from fedpress.flower.simulation import simulate
-from fedpress.full_task import build_full_task
-from fedpress.methods import fedcybgd
-from fedpress.methods.centralized_full import run_centralized_cyclic
-from fedpress.methods.fedcybgd import BLOCK, TURN, task_layout, train_block, turn_seed
+from fedpress.methods.centralized import run_centralized_cyclic
+from fedpress.methods.fed_full.task import build_full_task
+from fedpress.methods.fedcybgd.client import VIEW_META, VIEW_TENSORS
+from fedpress.methods.fedcybgd.server import BLOCK, TURN
+from fedpress.methods.fedcybgd.turns import task_layout, train_block, turn_seed
 from fedpress.models import config_of
 
 # partition -> how its reply is corrupted (partition 0 is honest). With 2 decoder layers and
@@ -59,8 +60,8 @@ def replay_first_turn(config):
     layout = task_layout(task)
     block = layout.block_of_layer(0)
     share = task.encode_all(task.splits.client_shares[0])
-    _, delta, peak = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
-    return task, block, delta, peak
+    _, delta, memory = train_block(task, layout, block, share, 0, turn_seed(config, 0, 0))
+    return task, block, delta, memory["bytes"]
 
 
 def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path):
@@ -76,6 +77,9 @@ def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path)
             "data.builtin_size=300",
             "eval.per_round_examples=20",
             "federation.client_cpus=1",
+            # A failed turn is retried (federation.max_retries) like a failed round; a hostile
+            # client fails every retry, so none here: each counts once.
+            "federation.max_retries=0",
         ],
     )
     out = tmp_path / "run"
@@ -195,12 +199,15 @@ spy_app.query()(honest.query)
 @spy_app.train()
 def spy_train(msg: Message, context: Context) -> Message:
     reply = honest.train(msg, context)
-    view = fedcybgd._VIEWS[context.node_id]
+    # What the node holds lives in its Context.state, as Flower keeps it between messages.
+    held = protocol.record_to_tensors(context.state[VIEW_TENSORS])
+    exact = json.loads(str(context.state[VIEW_META]["exact"]))
+    layout = task_layout(build_full_task(node.run_config(context)))
     pruned = {
-        name: tensor.contiguous()
-        for index, tensors in view.blocks.items()
-        if not view.exact[index]
-        for name, tensor in tensors.items()
+        name: held[name].contiguous()
+        for index, is_exact in exact.items()
+        if not is_exact
+        for name in layout.blocks[int(index)].params
     }
     turn = int(msg.content[protocol.INSTRUCTIONS][TURN])
     save_file(pruned, Path(os.environ["FEDPRESS_SPY_DIR"]) / f"turn{turn}.safetensors")

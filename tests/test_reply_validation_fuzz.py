@@ -3,6 +3,7 @@ InvalidReply/PayloadError or returns a finite update of exactly the adapter's sh
 bounded weight; and aggregation of accepted replies never leaves the global adapter non-finite."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from hypothesis.extra import numpy as hnp
 from fedpress.codecs import PayloadError
 from fedpress.config import load_config
 from fedpress.flower import protocol
-from fedpress.methods.lora_fedavg import InvalidReply, LoraFedAvg
+from fedpress.flower.loop import InvalidReply
+from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.task import build_task
 
 NODE = 7
@@ -28,9 +30,8 @@ def strategy(request):
         None, ["model=tiny-llama", "num_clients=2", f"uplink_codec={request.param}"]
     )
     task = build_task(config)
-    strategy = LoraFedAvg(config, task.adapter_shapes(), task.initial_adapter, 1)
+    strategy = LoraFedAvgServer(config, task, Path("."))
     strategy.partitions = {NODE: 0}
-    strategy.current = {k: v.clone() for k, v in task.initial_adapter.items()}
     return strategy
 
 
@@ -74,7 +75,13 @@ def test_any_reply_is_rejected_or_safe(strategy, data, mode, key, metrics):
             payload[data.draw(st.integers(0, payload.size - 1))] = data.draw(st.integers(0, 255))
     else:
         payload = packed
-    full_metrics = {"train-s": 1.0, "codec-s": 0.0, "peak-mem-bytes": 1, "partition-id": 0}
+    full_metrics = {
+        "train-s": 1.0,
+        "codec-s": 0.0,
+        "peak-mem-bytes": 1,
+        "train-mem-bytes": 1,
+        "partition-id": 0,
+    }
     full_metrics.update(metrics)
     content = RecordDict(
         {
@@ -83,12 +90,13 @@ def test_any_reply_is_rejected_or_safe(strategy, data, mode, key, metrics):
         }
     )
     COUNTS["generated"] += 1
-    before = {k: v.clone() for k, v in strategy.current.items()}
+    before = {k: v.clone() for k, v in strategy.state.items()}
     try:
-        delta, weight, _ = strategy.read_content(content, NODE)
+        accepted = strategy.read(1, (0,), content, NODE)
+        delta, weight = accepted.update, accepted.weight
     except (InvalidReply, PayloadError):
         COUNTS["rejected"] += 1
-        assert all(torch.equal(before[k], strategy.current[k]) for k in before)
+        assert all(torch.equal(before[k], strategy.state[k]) for k in before)
         return
     COUNTS["accepted"] += 1
     assert set(delta) == set(strategy.shapes)

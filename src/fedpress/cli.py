@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("config", help="print the resolved config as TOML")
     show.add_argument("config", nargs="?")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_parser("methods", help="list the methods and the config keys each one reads")
     _add_report_commands(sub)
     tgap = sub.add_parser("tgap", help="CG-FedLLM pre-training alone: collect snapshots, train")
     tgap.add_argument("config", nargs="?")
@@ -51,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             from fedpress.methods.cg_fedllm.cli import main as ae_main
 
             return ae_main(args)
+        if args.command == "methods":
+            from fedpress import registry
+
+            for method in registry.all_methods():
+                kind = "federated" if method.federated else "local"
+                print(f"{method.name:20s} {kind:9s}  {method.about}")
+                print(f"{'':32s}reads: {', '.join(method.reads) or '(shared keys only)'}")
+            return 0
         if args.command == "config":
             from fedpress.config import load_config
 
@@ -117,6 +126,13 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--merge", action="store_true", help="LoRA merged into the base (default)")
     mode.add_argument("--adapter", action="store_true", help="a PEFT adapter folder")
     export.add_argument("--out", required=True, help="folder to write")
+    local = sub.add_parser(
+        "deploy-local",
+        help="try the deployment engine on this machine: SuperLink + one SuperNode per client",
+    )
+    local.add_argument("config", help="fedpress run TOML")
+    local.add_argument("--out", help="output folder (default: runs/deployed-<time>)")
+    local.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -166,7 +182,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_COMMANDS = {"compare": _compare, "report": _report, "eval": _eval, "export": _export}
+def _deploy_local(args: argparse.Namespace) -> int:
+    from fedpress.config import load_config
+    from fedpress.local_deployment import DeploymentError, launch_local_deployment
+
+    config = load_config(args.config)
+    out = Path(args.out or f"runs/deployed-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    app = Path(__file__).resolve().parents[2] / "deploy"
+    if not (app / "pyproject.toml").is_file():
+        raise FedpressError(f"the Flower app bundle is not at {app} (run from a source checkout)")
+    try:
+        result = launch_local_deployment(
+            app,
+            Path(args.config).resolve(),
+            out,
+            num_supernodes=config.num_clients,
+            timeout_s=args.timeout,
+            echo=True,
+        )
+    except DeploymentError as exc:
+        raise FedpressError(f"local deployment failed: {str(exc).splitlines()[0]}") from None
+    print(
+        f"{result.status} in {result.elapsed_s:.0f} s; results in {out}, logs in {result.log_dir}"
+    )
+    return 0
+
+
+REPORT_COMMANDS = {
+    "compare": _compare,
+    "report": _report,
+    "eval": _eval,
+    "export": _export,
+    "deploy-local": _deploy_local,
+}
 
 
 def quiet(verbose: bool = False) -> None:

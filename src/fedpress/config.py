@@ -233,25 +233,25 @@ class RunConfig:
     def validate(self) -> RunConfig:
         from fedpress import registry
 
-        _check_choice("method", self.method, registry.names())
+        check_choice("method", self.method, registry.names())
         method = registry.get(self.method)
-        _check_choice("uplink_codec", self.uplink_codec, CODECS)
-        _check_choice("downlink_codec", self.downlink_codec, CODECS)
-        _check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
-        _check_choice("codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16"))
-        _check_choice("data.partition", self.data.partition, ("iid", "dirichlet"))
-        _check_choice(
+        check_choice("uplink_codec", self.uplink_codec, CODECS)
+        check_choice("downlink_codec", self.downlink_codec, CODECS)
+        check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
+        check_choice("codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16"))
+        check_choice("data.partition", self.data.partition, ("iid", "dirichlet"))
+        check_choice(
             "data.format",
             self.data.format,
             ("auto", "builtin", "alpaca", "classification", "mcq", "text"),
         )
-        _check_choice("train.lr_schedule", self.train.lr_schedule, ("constant", "linear", "cosine"))
-        _check_choice("runtime.device", self.runtime.device, ("auto", "cpu", "cuda"))
-        _check_choice("federation.on_too_few", self.federation.on_too_few, ("retry", "stop"))
-        _check_choice(
+        check_choice("train.lr_schedule", self.train.lr_schedule, ("constant", "linear", "cosine"))
+        check_choice("runtime.device", self.runtime.device, ("auto", "cpu", "cuda"))
+        check_choice("federation.on_too_few", self.federation.on_too_few, ("retry", "stop"))
+        check_choice(
             "runtime.dtype", self.runtime.dtype, ("auto", "float32", "bfloat16", "float16")
         )
-        _check_choice("runtime.quantize", self.runtime.quantize, ("none", "8bit", "4bit"))
+        check_choice("runtime.quantize", self.runtime.quantize, ("none", "8bit", "4bit"))
         for key, value, low in (
             ("num_clients", self.num_clients, 1),
             ("rounds", self.rounds, 1),
@@ -305,9 +305,9 @@ AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2", "ro
 
 
 def validate_autoencoder(ae: AutoencoderConfig) -> None:
-    _check_choice("autoencoder.arch", ae.arch, AUTOENCODER_ARCHS)
-    _check_choice("autoencoder.latent_dtype", ae.latent_dtype, ("fp16", "fp32"))
-    _check_choice("autoencoder.error_feedback", ae.error_feedback, ("auto", "on", "off"))
+    check_choice("autoencoder.arch", ae.arch, AUTOENCODER_ARCHS)
+    check_choice("autoencoder.latent_dtype", ae.latent_dtype, ("fp16", "fp32"))
+    check_choice("autoencoder.error_feedback", ae.error_feedback, ("auto", "on", "off"))
     if ae.compression < 1 or 4096 % ae.compression:
         raise FedpressError(
             f"config key 'autoencoder.compression' must divide 4096 (e.g. 16, 32, 64, 128), "
@@ -335,7 +335,7 @@ def validate_autoencoder(ae: AutoencoderConfig) -> None:
 
 
 def _validate_privacy(dp: PrivacyConfig) -> None:
-    _check_choice("privacy.accountant", dp.accountant, ("rdp", "pld"))
+    check_choice("privacy.accountant", dp.accountant, ("rdp", "pld"))
     if dp.clip_norm <= 0:
         raise FedpressError("config key 'privacy.clip_norm' must be > 0")
     if not 0.0 < dp.delta < 1.0:
@@ -478,7 +478,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

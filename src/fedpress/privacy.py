@@ -1,13 +1,18 @@
 """Client-level differential privacy on the aggregate (Geyer et al., 2017; McMahan et al., 2018).
 
+Sampling: each client takes part in a round independently with probability
+q = `federation.fraction_train`, drawn from secret randomness on the server
+(`flower.loop.Sampler`): Poisson sampling, exactly what the accountant assumes, and a
+participation list nobody can derive from the public seed.
+
 Mechanism per round, on the server, after decoding: clip every accepted client update to L2
 norm C (the *decoded* update: a decoder's output is not bounded by what the client clipped),
-sum, divide by the fixed number K of clients sampled per round (uniform weights; a failed or
-rejected client counts as a zero update, so K never depends on the data), and add Gaussian
-noise N(0, (sigma * C / K)^2) to every coordinate. Adding or removing one client changes the
-sum by at most C, the mean by at most C / K: a Gaussian mechanism with noise multiplier sigma.
-Epsilon comes from Google's `dp-accounting` (RDP or PLD) for the Poisson-subsampled Gaussian
-with rate q = K / N over the run's rounds (docs/cg_fedllm.md states the sampling caveat).
+sum, divide by the expected number of participants K = q * N (fixed: a failed or rejected
+client counts as a zero update, so K never depends on the data), and add Gaussian noise
+N(0, (sigma * C / K)^2) to every coordinate; a round nobody was sampled in releases the noise
+alone. Adding or removing one client changes the sum by at most C, the mean by at most C / K:
+a Gaussian mechanism with noise multiplier sigma. Epsilon comes from Google's `dp-accounting`
+(RDP or PLD) for the Poisson-subsampled Gaussian with rate q over the run's rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import math
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -86,9 +92,9 @@ def calibrate_noise(
     return high
 
 
-def clients_per_round(config: RunConfig) -> int:
-    """K: the sampler's fixed count (LoraFedAvg.sample)."""
-    return max(1, round(config.num_clients * config.federation.fraction_train))
+def expected_clients(config: RunConfig) -> float:
+    """K = q * N: the expected number of clients Poisson sampling draws per round."""
+    return config.num_clients * config.federation.fraction_train
 
 
 class PrivateAggregator:
@@ -96,8 +102,9 @@ class PrivateAggregator:
 
     def __init__(self, config: RunConfig) -> None:
         self.options: PrivacyConfig = config.privacy
-        self.clients = clients_per_round(config)
-        self.sampling_rate = self.clients / config.num_clients
+        self.clients = expected_clients(config)
+        self.num_clients = config.num_clients
+        self.sampling_rate = config.federation.fraction_train
         if self.options.target_epsilon > 0:
             self.noise_multiplier = calibrate_noise(
                 self.options.target_epsilon,
@@ -110,7 +117,7 @@ class PrivateAggregator:
             self.noise_multiplier = self.options.noise_multiplier
         self.rounds_released = 0
         log.info(
-            "client-level DP: C=%g, K=%d, q=%.3f, sigma=%.4f, planned epsilon %.3f",
+            "client-level DP: C=%g, K=%.2f, q=%.3f, sigma=%.4f, planned epsilon %.3f",
             self.options.clip_norm,
             self.clients,
             self.sampling_rate,
@@ -133,29 +140,37 @@ class PrivateAggregator:
         )
 
     def aggregate(
-        self, updates: list[Mapping[str, torch.Tensor]], server_round: int
+        self,
+        updates: list[Mapping[str, torch.Tensor]],
+        server_round: int,
+        shapes: Mapping[str, tuple[int, ...]],
     ) -> dict[str, torch.Tensor]:
-        """Noisy uniform mean of the clipped updates over K (fewer replies count as zeros)."""
-        if len(updates) > self.clients:
-            raise ValueError(f"{len(updates)} updates for K = {self.clients} sampled clients")
+        """Noisy sum of the clipped updates over K (a round with none releases noise alone)."""
+        if len(updates) > self.num_clients:
+            raise ValueError(f"{len(updates)} updates from {self.num_clients} clients")
         clipped = [clip_update(u, self.options.clip_norm) for u in updates]
         # Secret randomness: noise derived from the (public) config seed could be subtracted.
         generator = torch.Generator().manual_seed(secrets.randbits(63))
         out = {}
-        for name in sorted(updates[0]):
-            total = sum(u[name] for u in clipped)
+        for name in sorted(shapes):
+            total = torch.zeros(shapes[name])
+            for update in clipped:
+                total += update[name]
             noise = torch.randn(total.shape, generator=generator) * self.noise_std
             out[name] = total / self.clients + noise
         self.rounds_released = max(self.rounds_released, server_round)
         return out
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, covers: list[str]) -> dict[str, Any]:
+        """The guarantee, with `covers`: what of the clients' messages the epsilon accounts
+        for (every upload of the run must be in it, or the run must not have sent it)."""
         return {
             "dp_epsilon": self.epsilon(self.rounds_released),
+            "dp_covers": covers,
             "dp_delta": self.options.delta,
             "dp_noise_multiplier": self.noise_multiplier,
             "dp_clip_norm": self.options.clip_norm,
-            "dp_clients_per_round": self.clients,
+            "dp_expected_clients_per_round": self.clients,
             "dp_sampling_rate": self.sampling_rate,
             "dp_accountant": self.options.accountant,
         }

@@ -148,6 +148,10 @@ class FederatedServer:
     def rejected(self, node: int) -> None:
         """A sent message whose reply failed, was refused or never came."""
 
+    def nobody_sampled(self, server_round: int) -> None:
+        """A round Poisson sampling (privacy) drew no client for: a private method still
+        releases its noise; the round counts as complete."""
+
     def state_dict(self) -> dict[str, Any]:
         """Server state a resumed run needs beyond the global state (JSON-able)."""
         return {}
@@ -160,10 +164,12 @@ class FederatedServer:
 
     # -- shared reply checks
     def accept(self, server_round: int, exchange: Any, reply: Message) -> Accepted:
-        node = reply.metadata.src_node_id
         if reply.has_error():
             raise InvalidReply(f"client failed: {reply.error.reason}")
-        content = reply.content
+        return self.read(server_round, exchange, reply.content, reply.metadata.src_node_id)
+
+    def read(self, server_round: int, exchange: Any, content: RecordDict, node: int) -> Accepted:
+        """Check a reply against what this exchange could legitimately produce."""
         if (
             protocol.UPDATE not in content.array_records
             or protocol.TRAIN_METRICS not in content.metric_records
@@ -248,12 +254,13 @@ def parallel_slots(config: RunConfig) -> int:
 
 
 class Sampler:
-    """Which partitions take part in a round: `federation.fraction_train` of them.
+    """Which partitions take part in a round.
 
-    Drawn over partition ids, so the same seed picks the same clients in every run whatever
-    node ids the nodes got. With differential privacy the draw uses secret randomness: a
-    participation list derivable from the public seed would void the accountant's
-    subsampling amplification.
+    Without privacy: `federation.fraction_train` of them (at least one), drawn from the run's
+    seed over partition ids, so the same seed picks the same clients in every run whatever
+    node ids the nodes got. With differential privacy: each independently with probability
+    `fraction_train` from secret randomness, the Poisson sampling the accountant assumes; a
+    participation list derivable from the public seed would void its amplification.
     """
 
     def __init__(self, config: RunConfig) -> None:
@@ -264,6 +271,8 @@ class Sampler:
         )
 
     def sample(self, partitions: list[int]) -> list[int]:
+        if self.secret:
+            return [p for p in sorted(partitions) if self.rng.random() < self.fraction]
         count = max(1, round(len(partitions) * self.fraction))
         return sorted(self.rng.sample(sorted(partitions), count))
 
@@ -302,7 +311,9 @@ def run_federation(
         log.warning("resuming %s after round %d", out_dir, state["round"])
     else:
         recorder = RunRecorder(out_dir, config)
-    setup_stats = server.stats.setdefault(0, RoundStats(started=time.perf_counter()))
+    # Connecting costs messages too: round 0's, or the first resumed round's.
+    setup_round = 0 if first_round == 1 else first_round
+    setup_stats = server.stats.setdefault(setup_round, RoundStats(started=time.perf_counter()))
     server.partitions = connect(grid, config, setup_stats)
     server.prepare(grid, resume)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
@@ -325,14 +336,17 @@ def run_federation(
         for server_round in range(first_round, config.rounds + 1):
             stats = server.stats.setdefault(server_round, RoundStats(started=time.perf_counter()))
             participants = sampler.sample(sorted(server.partitions.values()))
-            exchanges = server.exchanges(server_round, participants)
+            if not participants:
+                log.warning("round %d: no client sampled", server_round)
+                server.nobody_sampled(server_round)
+            exchanges = server.exchanges(server_round, participants) if participants else []
             steps = tqdm(exchanges, desc=f"round {server_round}", unit="exchange", leave=False)
             for index, exchange in enumerate(steps if len(exchanges) > 1 else exchanges):
                 run_exchange(grid, server, server_round, index, exchange, stats)
-            if stats.ok < config.federation.min_replies:
+            if participants and stats.ok < config.federation.min_replies:
                 raise FedpressError(
-                    f"round {server_round} got {stats.ok} valid client replies, fewer than "
-                    f"federation.min_replies = {config.federation.min_replies}; stopped. The "
+                    f"round {server_round} got too few valid client replies ({stats.ok}, "
+                    f"federation.min_replies = {config.federation.min_replies}); stopped. The "
                     f"checkpoint of round {server_round - 1} is intact: `fedpress run --resume "
                     f"<run folder>` continues"
                 )

@@ -33,8 +33,6 @@ def main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if config.method != "cg-fedllm":
         raise FedpressError('`fedpress tgap` is CG-FedLLM\'s phase: set method = "cg-fedllm"')
-    if config.data.holdout_fraction == 0.0:
-        raise FedpressError("TGAP trains on each client's D1 share: set data.holdout_fraction > 0")
     out_dir = Path(args.out or f"runs/tgap-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet(args.verbose)
     preflight(config)

@@ -58,6 +58,10 @@ def adapt_round(config: RunConfig, server_round: int) -> bool:
 
 
 class CgFedLLMServer(LoraFedAvgServer):
+    # With privacy, TGAP and adaptation (raw updates) are refused (cg_fedllm.check): the only
+    # uploads are FAF's latents, which the mechanism covers.
+    dp_covers = ["faf"]
+
     def __init__(self, config: RunConfig, task: LoraTask, out_dir: Path) -> None:
         super().__init__(config, task, out_dir)
         self.meta: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedpress.config import RunConfig
+from fedpress.config import RunConfig, check_choice
 from fedpress.errors import FedpressError
 from fedpress.methods.fedcybgd import client
 from fedpress.methods.fedcybgd.server import FedCyBGDServer
@@ -21,11 +21,7 @@ from fedpress.registry import Method, register
 def check_cybgd(config: RunConfig) -> None:
     cybgd = config.cybgd
     allocations = ("ascending", "descending", "random", "aggregated")
-    if cybgd.allocation not in allocations:
-        raise FedpressError(
-            f"config key 'cybgd.allocation' = '{cybgd.allocation}' is not one of "
-            f"{', '.join(allocations)}"
-        )
+    check_choice("cybgd.allocation", cybgd.allocation, allocations)
     if not 1 <= cybgd.clients_per_block <= config.num_clients:
         raise FedpressError("config key 'cybgd.clients_per_block' must be in [1, num_clients]")
     if cybgd.turns_per_round < 0:
@@ -33,8 +29,7 @@ def check_cybgd(config: RunConfig) -> None:
     for key in ("layer_drop_ratio", "prune_ratio"):
         if not 0.0 <= getattr(cybgd, key) < 1.0:
             raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
-    if cybgd.prune_target not in ("weights", "delta"):
-        raise FedpressError("config key 'cybgd.prune_target' must be 'weights' or 'delta'")
+    check_choice("cybgd.prune_target", cybgd.prune_target, ("weights", "delta"))
     if cybgd.prune_target == "delta" and not cybgd.delta_sync:
         raise FedpressError(
             "cybgd.prune_target = 'delta' needs cybgd.delta_sync = true: a client without "

@@ -82,7 +82,7 @@ class LoraFedAvgServer(FederatedServer):
 
     def apply(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
         if self.privacy is not None:
-            mean = self.privacy.aggregate([a.update for a in accepted], server_round)
+            mean = self.privacy.aggregate([a.update for a in accepted], server_round, self.shapes)
         else:
             total = sum(a.weight for a in accepted)
             mean = {
@@ -91,8 +91,15 @@ class LoraFedAvgServer(FederatedServer):
             }
         self.state = {name: value + mean[name] for name, value in self.state.items()}
 
+    def nobody_sampled(self, server_round: int) -> None:
+        if self.privacy is not None:
+            self.apply(server_round, None, [])
+
+    # What the DP epsilon covers: every training round's upload (the only uploads).
+    dp_covers = ["rounds"]
+
     def summary_extra(self) -> dict[str, Any]:
-        return self.privacy.summary() if self.privacy is not None else {}
+        return self.privacy.summary(self.dp_covers) if self.privacy is not None else {}
 
 
 def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
