@@ -49,6 +49,28 @@ def test_bad_label_is_reported_with_its_line(tmp_path):
         load_examples(str(path), DataConfig(), 0)
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt", "content"),
+    [
+        ("blob.bin", "text", bytes(range(256)) * 4),
+        ("blob.bin", "auto", bytes(range(256)) * 4),
+        ("latin1.json", "alpaca", b'[{"instruction": "caf\xe9", "output": "ok"}]'),
+        ("latin1.tsv", "classification", b"sentence\tlabel\ngood\t1\ncaf\xe9 film\t1\n"),
+        (
+            "latin1.csv",
+            "auto",
+            b"question,choice0,choice1,choice2,choice3,answer\nq\xe9,a,b,c,d,0\n",
+        ),
+    ],
+)
+def test_non_utf8_file_is_a_user_error_naming_it(tmp_path, name, fmt, content):
+    """Every text reader (text, json, tsv, csv), by format or guessed from the suffix."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FedpressError, match=f"{name} is not UTF-8 text"):
+        load_examples(str(path), DataConfig(format=fmt), 0)
+
+
 def test_parity_task_answers_are_correct():
     for example in parity_task(200, seed=3):
         number = int(example.prompt.split()[1])

@@ -9,6 +9,7 @@ partitioning (class label, MMLU subject).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Sequence
@@ -214,11 +215,21 @@ def _read_json_list(path: Path) -> list:
     return records
 
 
-def _open_text(path: Path):  # noqa: ANN202
+def _open_text(path: Path) -> io.StringIO:
+    """The whole file decoded up front, so a file that is not UTF-8 text (a binary file given
+    as `data.source`) is one user error naming it, whichever reader consumes the stream."""
     try:
-        return path.open(encoding="utf-8", newline="")
+        raw = path.read_bytes()
     except OSError as exc:
         raise FedpressError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedpressError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); data files must be "
+            "UTF-8 (check data.source, data.eval_source and data.format)"
+        ) from None
+    return io.StringIO(text, newline="")  # newline="": the csv module sees the raw line ends
 
 
 # --- splitting and partitioning -------------------------------------------------------------
