@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -79,3 +80,29 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
 def test_resume_refuses_to_change_the_config(tmp_path):
     result = fedpress("run", "--resume", str(tmp_path), "--set", "rounds=5")
     assert result.returncode == 2 and "--resume takes the run folder only" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["centralized-full", "centralized-cyclic"])
+def test_resuming_a_finished_centralized_run_rewrites_the_same_summary(tmp_path, method):
+    """A finished run resumed has no round left to train: it re-scores and re-summarises its
+    last checkpoint (centralized-cyclic used to count its steps from the loop's last turns)."""
+    from fedpress.config import load_config
+    from fedpress.runner import run_config
+
+    overrides = [
+        f"method={method}",
+        "model=tiny-llama",
+        "num_clients=2",
+        "rounds=1",
+        "train.local_steps=1",
+        "data.builtin_size=120",
+        "data.eval_size=16",
+        "eval.per_round_examples=8",
+    ]
+    out = tmp_path / method
+    first = run_config(load_config(None, overrides), out)
+    again = run_config(load_config(out / "config.toml"), out, resume=True)
+    assert again["final_accuracy"] == first["final_accuracy"]
+    assert again["final_eval_loss"] == pytest.approx(first["final_eval_loss"], abs=1e-6)
+    assert again.get("client_steps_total") == first.get("client_steps_total")
+    assert [json.loads(line)["round"] for line in (out / "metrics.jsonl").open()] == [0, 1]

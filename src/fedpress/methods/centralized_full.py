@@ -19,7 +19,14 @@ from fedpress.checkpoint import save_checkpoint
 from fedpress.config import RunConfig
 from fedpress.full_task import build_full_task
 from fedpress.methods.centralized import run_centralized, start_or_resume
-from fedpress.methods.fedcybgd import cybgd_task, plan_round, task_layout, train_block, turn_seed
+from fedpress.methods.fedcybgd import (
+    cybgd_task,
+    plan_round,
+    task_layout,
+    train_block,
+    turn_seed,
+    turns_per_round,
+)
 from fedpress.reporting import RoundRecord
 
 
@@ -75,7 +82,9 @@ def run_centralized_cyclic(config: RunConfig, out_dir: Path, resume: bool = Fals
         )
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     weights = "adapter.safetensors" if config.cybgd.peft else "model.safetensors"
-    steps = config.rounds * len(turns) * config.train.local_steps
+    # From the plan, not the loop's last `turns`: a run resumed after its last round trains none.
+    per_round = turns_per_round(config.cybgd, len(layout.trainable), len(partitions))
+    steps = config.rounds * per_round * config.train.local_steps
     return recorder.finish(
         _state(task),
         final.loss,
