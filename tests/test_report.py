@@ -55,6 +55,7 @@ def fake_run(
         "final_accuracy": accuracy,
         "final_eval_loss": 0.8,
         "final_eval_examples": 872,
+        "round_eval_examples": 100,
         "bytes_up_total": 4 * up,
         "bytes_down_total": 4 * up,
         "client_peak_mem_bytes": 900 * MB,
@@ -175,6 +176,7 @@ def test_markdown_and_self_contained_html(folder):
     assert "| variant | method | codec (up / down) | accuracy % |" in md
     assert "| lora-int8 | lora-fedavg | int8 / none | 80.00 |" in md
     assert "`crashed` failed: RuntimeError: boom" in md
+    assert "full eval split (872 examples); the curves use the per-round eval subset (100" in md
     for name in ("curves.png", "tradeoff.png", "costs.png"):
         assert f"]({name})" in md and (folder / name).stat().st_size > 10_000
     html = page.read_text()

@@ -253,6 +253,11 @@ def build_splits(data: DataConfig, num_clients: int, seed: int) -> DataSplits:
     rng = random.Random(seed)
     if data.eval_source:
         eval_examples = load_examples(data.eval_source, data, seed + 1)
+        if data.eval_size and len(eval_examples) > data.eval_size:
+            # A seeded draw kept in file order (a file sorted by label still gives a fair mix);
+            # its own generator, so the training split does not depend on eval_size.
+            kept = random.Random(seed + 1).sample(range(len(eval_examples)), data.eval_size)
+            eval_examples = [eval_examples[i] for i in sorted(kept)]
     else:
         if len(examples) <= data.eval_size:
             raise FedpressError(

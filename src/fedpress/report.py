@@ -504,6 +504,7 @@ def plot_costs(results: list[VariantResult], path: Path) -> None:
 def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
     reference = reference_of(header, results)
     eval_sizes = sorted({(r.summary or {}).get("final_eval_examples") for r in results} - {None})
+    round_sizes = sorted({(r.summary or {}).get("round_eval_examples") for r in results} - {None})
     notes = [
         "MB = 10^6 bytes, counted from the Flower messages actually sent "
         "(all clients, all rounds).",
@@ -519,7 +520,8 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         notes.append(
             "Final accuracy and loss on the full eval split ("
             + ", ".join(str(n) for n in eval_sizes)
-            + " examples); the curves use the per-round eval subset."
+            + " examples); the curves use the per-round eval subset"
+            + (f" ({', '.join(str(n) for n in round_sizes)} examples)." if round_sizes else ".")
         )
     return notes
 
