@@ -1,4 +1,6 @@
-"""A run killed at a random point and resumed ends exactly where an uninterrupted run ends."""
+"""A run killed at a random point and resumed ends exactly where an uninterrupted run ends.
+
+The moment is drawn from a seed the test prints; FEDPRESS_RESUME_SEED=<seed> replays it."""
 
 import json
 import os
@@ -32,6 +34,13 @@ def fedpress(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def kill_delay() -> float:
+    """Seconds to wait after the first checkpoint: random, from a printed, replayable seed."""
+    seed = int(os.environ.get("FEDPRESS_RESUME_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"kill moment: FEDPRESS_RESUME_SEED={seed}")  # pytest shows it when the test fails
+    return random.Random(seed).uniform(0.0, 3.0)
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the run and everything it started (Ray's workers included): a hard crash."""
     os.killpg(proc.pid, signal.SIGKILL)
@@ -56,8 +65,9 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
         assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    time.sleep(random.uniform(0.0, 3.0))
-    assert proc.poll() is None, "run finished before it could be killed"
+    delay = kill_delay()
+    time.sleep(delay)
+    assert proc.poll() is None, f"run finished before it could be killed ({delay:.2f} s)"
     kill_tree(proc)
     assert not (crashed / "summary.json").exists()
 
