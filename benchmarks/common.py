@@ -24,6 +24,7 @@ def sst2_setting(clients: int, rounds: int, local_steps: int, max_train: int) ->
         "seed": 0,
         "data.source": str(SHARED_DATA / "sst2" / "train.tsv"),
         "data.eval_source": str(SHARED_DATA / "sst2" / "test.tsv"),
+        "data.eval_size": 0,  # all of it: eval_size caps eval_source
         "data.max_train_examples": max_train,
         "data.partition": "dirichlet",
         "data.dirichlet_alpha": 0.5,

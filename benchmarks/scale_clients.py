@@ -114,7 +114,7 @@ def main() -> None:
         ("round_s", "later rounds, mean s"),
         ("wall_s", "wall s"),
     ]
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, columns) + f"\n\nModel: {args.model}."  # the figure's model
     print(table)
     save("scale_clients", {"args": vars(args), "rows": rows}, table)
 

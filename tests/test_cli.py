@@ -160,3 +160,16 @@ def test_user_errors_are_one_line_without_traceback(args, message):
     assert "Traceback" not in result.stderr + result.stdout
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["text", "auto"])
+def test_binary_data_source_is_one_line_exit_2(tmp_path, fmt):
+    """The issue's case: a binary file as data.source, read as text (or guessed)."""
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(bytes(range(256)) * 16)
+    args = ["--set", "model=tiny-llama", "--set", f"data.source={blob}"]
+    result = fedpress("run", *args, "--set", f"data.format={fmt}", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"{blob} is not UTF-8 text" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,3 +1,5 @@
+import dataclasses
+import json
 from collections import Counter
 
 import pytest
@@ -49,6 +51,28 @@ def test_bad_label_is_reported_with_its_line(tmp_path):
         load_examples(str(path), DataConfig(), 0)
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt", "content"),
+    [
+        ("blob.bin", "text", bytes(range(256)) * 4),
+        ("blob.bin", "auto", bytes(range(256)) * 4),
+        ("latin1.json", "alpaca", b'[{"instruction": "caf\xe9", "output": "ok"}]'),
+        ("latin1.tsv", "classification", b"sentence\tlabel\ngood\t1\ncaf\xe9 film\t1\n"),
+        (
+            "latin1.csv",
+            "auto",
+            b"question,choice0,choice1,choice2,choice3,answer\nq\xe9,a,b,c,d,0\n",
+        ),
+    ],
+)
+def test_non_utf8_file_is_a_user_error_naming_it(tmp_path, name, fmt, content):
+    """Every text reader (text, json, tsv, csv), by format or guessed from the suffix."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FedpressError, match=f"{name} is not UTF-8 text"):
+        load_examples(str(path), DataConfig(format=fmt), 0)
+
+
 def test_parity_task_answers_are_correct():
     for example in parity_task(200, seed=3):
         number = int(example.prompt.split()[1])
@@ -92,6 +116,7 @@ def test_build_splits_with_separate_eval_file(shared_data):
     data = DataConfig(
         source=str(shared_data / "sst2" / "dev.tsv"),
         eval_source=str(shared_data / "sst2" / "test.tsv"),
+        eval_size=0,  # all of eval_source
         max_train_examples=400,
         partition="dirichlet",
         holdout_fraction=0.3,
@@ -101,3 +126,68 @@ def test_build_splits_with_separate_eval_file(shared_data):
     total = sum(map(len, splits.client_shares)) + sum(map(len, splits.client_holdouts))
     assert total == 400
     assert build_splits(data, 4, 0).client_shares == splits.client_shares
+
+
+def test_eval_size_caps_eval_source(shared_data):
+    """data.eval_size is honoured with eval_source: a seeded draw in file order, 0 = all, and
+    the training split does not move with it."""
+    test_file = shared_data / "sst2" / "test.tsv"
+    whole = load_examples(str(test_file), DataConfig(), seed=1)
+    data = DataConfig(
+        source=str(shared_data / "sst2" / "dev.tsv"),
+        eval_source=str(test_file),
+        eval_size=100,
+        max_train_examples=200,
+    )
+    splits = build_splits(data, num_clients=2, seed=0)
+    assert len(splits.eval_examples) == 100
+    positions = [whole.index(ex) for ex in splits.eval_examples]
+    assert positions == sorted(positions) and positions != list(range(100))
+    assert len({ex.answer for ex in splits.eval_examples}) == 2
+    assert build_splits(data, 2, 0).eval_examples == splits.eval_examples
+    everything = build_splits(dataclasses.replace(data, eval_size=0), 2, 0)
+    assert everything.eval_examples == whole
+    assert everything.client_shares == splits.client_shares
+    above = build_splits(dataclasses.replace(data, eval_size=5000), 2, 0)
+    assert above.eval_examples == whole
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.eval_size=0"], "'data.eval_size' must be >= 1"),
+        (["data.eval_size=-3", "data.eval_source=x.tsv"], "'data.eval_size' must be >= 1"),
+    ],
+)
+def test_eval_size_out_of_range_is_a_user_error(overrides, message):
+    from fedpress.config import load_config
+
+    with pytest.raises(FedpressError, match=message):
+        load_config(None, overrides)
+
+
+def test_summary_says_how_many_examples_each_figure_used(shared_data, tmp_path):
+    from fedpress.config import load_config
+    from fedpress.runner import run_config
+
+    config = load_config(
+        None,
+        [
+            "method=centralized",
+            "model=tiny-llama",
+            "num_clients=2",
+            "rounds=1",
+            "train.local_steps=1",
+            f"data.source={shared_data / 'sst2' / 'dev.tsv'}",
+            f"data.eval_source={shared_data / 'sst2' / 'test.tsv'}",
+            "data.eval_size=24",
+            "data.max_train_examples=64",
+            "data.max_length=32",
+            "eval.per_round_examples=8",
+        ],
+    )
+    summary = run_config(config, tmp_path / "run")
+    assert summary["final_eval_examples"] == 24
+    assert summary["round_eval_examples"] == 8
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (saved["final_eval_examples"], saved["round_eval_examples"]) == (24, 8)

@@ -1,23 +1,30 @@
-"""Every shipped matrix parses and its variants are valid configs for the methods that exist.
-
-Variants of methods not registered in this checkout (cg-fedllm, fedcybgd, ... before their
-merge) are still checked for every key of the sections this checkout knows; only their
-method name and the sections it brings are left to the method's own tests."""
+"""Every shipped matrix parses and each variant is a valid config of its own method, checked as
+`fedpress compare` checks it before running anything: a misspelled method or key fails."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from fedpress import registry
-from fedpress.compare import read_matrix, resolve
-from fedpress.config import RunConfig
+from fedpress.compare import load_matrix
+from fedpress.errors import FedpressError
 
 REPO = Path(__file__).resolve().parents[1]
 MATRICES = sorted((REPO / "examples" / "matrices").glob("*.toml"))
-KNOWN_SECTIONS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def check_matrix(path: Path) -> int:
+    """Validate every variant (method included, no substitute) and find its data files;
+    the number of variants checked."""
+    matrix = load_matrix(path)
+    assert matrix.title and matrix.variants
+    for variant in matrix.variants:
+        data = variant.config.data
+        for source in (data.source, data.eval_source):
+            if source:  # relative to the repository root, like the example configs
+                assert (REPO / source).exists(), f"{path.name}: {variant.name}: {source} not found"
+    return len(matrix.variants)
 
 
 def test_matrices_are_shipped():
@@ -27,16 +34,14 @@ def test_matrices_are_shipped():
 
 @pytest.mark.parametrize("path", MATRICES, ids=lambda p: p.name)
 def test_shipped_matrix_variants_validate(path, shared_data):
-    header, base, variants = read_matrix(path)
-    assert header["title"] and variants
-    checked = 0
-    for name, overrides in variants:
-        # A misspelled method (or any other bad key) fails here, naming the variant.
-        raw = resolve(base, overrides)
-        assert raw.get("method", "lora-fedavg") in registry.names(), f"{path.name}: {name}"
-        config = RunConfig.from_dict(raw)
-        checked += 1
-        for source in (config.data.source, config.data.eval_source):
-            if source:  # relative to the repository root, like the example configs
-                assert (REPO / source).exists(), f"{path.name}: {name}: {source} not found"
-    assert checked == len(variants)
+    assert check_matrix(path) > 0
+
+
+@pytest.mark.parametrize("path", MATRICES, ids=lambda p: p.name)
+def test_a_misspelled_method_in_a_shipped_matrix_fails(path, tmp_path):
+    text = path.read_text()
+    method = next(line for line in text.splitlines() if line.startswith("method = "))
+    broken = tmp_path / path.name
+    broken.write_text(text.replace(method, method[:-2] + 'x"', 1))
+    with pytest.raises(FedpressError, match=r"variant '.+': config key 'method'"):
+        check_matrix(broken)

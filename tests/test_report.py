@@ -29,13 +29,15 @@ def fake_run(
     accuracy: float | None = 0.8,
     toml_extra: str = "",
     summary_extra: dict | None = None,
+    messages: int = 2,
 ) -> None:
-    """A run folder as RunRecorder writes it: 2 clients, 2 rounds."""
+    """A run folder as RunRecorder writes it: 2 rounds of `messages` messages each way (one
+    per client, or one per FedCyBGD turn), `up_per_client` bytes each."""
     folder.mkdir(parents=True)
     up = up_per_client if method != "centralized" else 0
     rounds = []
     for r in range(3):
-        per_client = [up, up] if r else []
+        per_client = [up] * messages if r else []
         rounds.append(
             {
                 "round": r,
@@ -45,7 +47,7 @@ def fake_run(
                 "bytes_down": sum(per_client),
                 "bytes_up_per_client": per_client,
                 "bytes_down_per_client": per_client,
-                "cum_bytes_up": 2 * up * r,
+                "cum_bytes_up": messages * up * r,
             }
         )
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
@@ -55,8 +57,9 @@ def fake_run(
         "final_accuracy": accuracy,
         "final_eval_loss": 0.8,
         "final_eval_examples": 872,
-        "bytes_up_total": 4 * up,
-        "bytes_down_total": 4 * up,
+        "round_eval_examples": 100,
+        "bytes_up_total": 2 * messages * up,
+        "bytes_down_total": 2 * messages * up,
         "client_peak_mem_bytes": 900 * MB,
         "wall_s": 12.0,
         **(summary_extra or {}),
@@ -97,12 +100,14 @@ def folder(tmp_path) -> Path:
         },
     )
     fake_run(tmp_path / "full", "fed-full", 500 * MB, summary_extra={"client_steps_total": 30})
-    # A method this fedpress does not know, with a section and keys it has never seen.
+    # 2 clients taking 6 turns a round between them: 3 messages each way per client.
     fake_run(
         tmp_path / "cybgd",
         "fedcybgd",
         2 * MB,
-        toml_extra='[cybgd]\nallocation = "random"\nprune_ratio = 0.5\nprune_target = "delta"\n',
+        toml_extra='num_clients = 2\n[cybgd]\nallocation = "random"\nprune_ratio = 0.5\n'
+        'prune_target = "delta"\n',
+        messages=6,
         summary_extra={
             "client_peak_mem_bytes": 225 * MB,
             "client_steps_total": 30,
@@ -140,6 +145,10 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert rows["cybgd"]["codec (up / down)"] == "none / prune-change 0.5 + delta"
     assert rows["full"]["uplink ratio"] == "1/125x"  # sends more than the reference
     assert rows["lora"]["MB up / client / round"] == "4.000"
+    # FedCyBGD: 6 turn messages of 2 MB a round over 2 clients, not the 2 MB of one turn.
+    assert rows["cybgd"]["MB up / client / round"] == "6.000"
+    assert rows["cybgd"]["MB down / client / round"] == "6.000"
+    assert rows["full"]["MB up / client / round"] == "500.000"
     assert rows["lora"]["accuracy %"] == "80.00" and rows["lora"]["client peak mem MB"] == "900"
     assert (
         rows["ae"]["codec % of client time"] == "1.00"
@@ -164,6 +173,11 @@ def test_method_detail_tables(folder):
     assert blocks["cybgd"]["allocation"] == "random"
     assert blocks["cybgd"]["MB down, later turns"] == "18.0 (3.3 % of model)"
     assert blocks["cybgd"]["vs fed-full"] == "25 %" and blocks["full"]["vs fed-full"] == "100 %"
+    # Per turn and per client per round, both.
+    assert blocks["cybgd"]["MB up / turn"] == "14.2"  # the run's own per-turn figure
+    assert blocks["cybgd"]["MB up / client / round"] == "6.0"
+    assert blocks["full"]["MB up / turn"] == "500.0"
+    assert blocks["full"]["MB up / client / round"] == "500.0"
     markdown, page = write_report(folder)
     assert "## CG-FedLLM autoencoders" in markdown.read_text()
     assert "<h2>Block-wise and full-parameter costs per client turn</h2>" in page.read_text()
@@ -175,6 +189,7 @@ def test_markdown_and_self_contained_html(folder):
     assert "| variant | method | codec (up / down) | accuracy % |" in md
     assert "| lora-int8 | lora-fedavg | int8 / none | 80.00 |" in md
     assert "`crashed` failed: RuntimeError: boom" in md
+    assert "full eval split (872 examples); the curves use the per-round eval subset (100" in md
     for name in ("curves.png", "tradeoff.png", "costs.png"):
         assert f"]({name})" in md and (folder / name).stat().st_size > 10_000
     html = page.read_text()

@@ -1,4 +1,6 @@
-"""A run killed at a random point and resumed ends exactly where an uninterrupted run ends."""
+"""A run killed at a random point and resumed ends exactly where an uninterrupted run ends.
+
+The moment is drawn from a seed the test prints; FEDPRESS_RESUME_SEED=<seed> replays it."""
 
 import json
 import os
@@ -8,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,6 +32,13 @@ def fedpress(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fedpress.cli", *args], capture_output=True, text=True, timeout=600
     )
+
+
+def kill_delay() -> float:
+    """Seconds to wait after the first checkpoint: random, from a printed, replayable seed."""
+    seed = int(os.environ.get("FEDPRESS_RESUME_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"kill moment: FEDPRESS_RESUME_SEED={seed}")  # pytest shows it when the test fails
+    return random.Random(seed).uniform(0.0, 3.0)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -55,8 +65,9 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
         assert proc.poll() is None, "run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    time.sleep(random.uniform(0.0, 3.0))
-    assert proc.poll() is None, "run finished before it could be killed"
+    delay = kill_delay()
+    time.sleep(delay)
+    assert proc.poll() is None, f"run finished before it could be killed ({delay:.2f} s)"
     kill_tree(proc)
     assert not (crashed / "summary.json").exists()
 
@@ -79,3 +90,29 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
 def test_resume_refuses_to_change_the_config(tmp_path):
     result = fedpress("run", "--resume", str(tmp_path), "--set", "rounds=5")
     assert result.returncode == 2 and "--resume takes the run folder only" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["centralized-full", "centralized-cyclic"])
+def test_resuming_a_finished_centralized_run_rewrites_the_same_summary(tmp_path, method):
+    """A finished run resumed has no round left to train: it re-scores and re-summarises its
+    last checkpoint (centralized-cyclic used to count its steps from the loop's last turns)."""
+    from fedpress.config import load_config
+    from fedpress.runner import run_config
+
+    overrides = [
+        f"method={method}",
+        "model=tiny-llama",
+        "num_clients=2",
+        "rounds=1",
+        "train.local_steps=1",
+        "data.builtin_size=120",
+        "data.eval_size=16",
+        "eval.per_round_examples=8",
+    ]
+    out = tmp_path / method
+    first = run_config(load_config(None, overrides), out)
+    again = run_config(load_config(out / "config.toml"), out, resume=True)
+    assert again["final_accuracy"] == first["final_accuracy"]
+    assert again["final_eval_loss"] == pytest.approx(first["final_eval_loss"], abs=1e-6)
+    assert again.get("client_steps_total") == first.get("client_steps_total")
+    assert [json.loads(line)["round"] for line in (out / "metrics.jsonl").open()] == [0, 1]

@@ -88,10 +88,12 @@ def resolve(
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    reads = registry.get(str(raw.get("method", "lora-fedavg"))).keys_read(
-        _build(RunConfig, raw, "")
-    )
-    raw = _only_read(copy.deepcopy(base), reads)
+    method = str(raw.get("method", "lora-fedavg"))
+    if method in registry.names():  # an unknown one fails validation, with a suggestion
+        reads = registry.get(method).keys_read(_build(RunConfig, raw, ""))
+        raw = _only_read(copy.deepcopy(base), reads)
+    else:
+        raw = copy.deepcopy(base)
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
     return _fill_compare_folder(raw, compare_dir) if compare_dir is not None else raw

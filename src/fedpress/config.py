@@ -31,6 +31,9 @@ class DataConfig:
     format: str = "auto"
     # Held-out evaluation data; empty = a split of `source` of size `eval_size`.
     eval_source: str = ""
+    # Examples in the eval split (the final figures score all of it; eval.per_round_examples of
+    # it after each round). With `eval_source`, a cap on the examples taken from it (a seeded
+    # draw, file order kept; 0 = the whole file); without, must be >= 1.
     eval_size: int = 200
     # Cap on training examples read from `source` (0 = all).
     max_train_examples: int = 2000
@@ -265,6 +268,11 @@ class RunConfig:
         ):
             if value < low:
                 raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")
+        if self.data.eval_size < (0 if self.data.eval_source else 1):
+            raise FedpressError(
+                f"config key 'data.eval_size' must be >= 1 (0 = all of data.eval_source, "
+                f"when one is set), got {self.data.eval_size}"
+            )
         if not 0.0 < self.federation.fraction_train <= 1.0:
             raise FedpressError("config key 'federation.fraction_train' must be in (0, 1]")
         if not 0.0 <= self.data.holdout_fraction < 1.0:

@@ -9,6 +9,7 @@ partitioning (class label, MMLU subject).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Sequence
@@ -214,11 +215,21 @@ def _read_json_list(path: Path) -> list:
     return records
 
 
-def _open_text(path: Path):  # noqa: ANN202
+def _open_text(path: Path) -> io.StringIO:
+    """The whole file decoded up front, so a file that is not UTF-8 text (a binary file given
+    as `data.source`) is one user error naming it, whichever reader consumes the stream."""
     try:
-        return path.open(encoding="utf-8", newline="")
+        raw = path.read_bytes()
     except OSError as exc:
         raise FedpressError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedpressError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); data files must be "
+            "UTF-8 (check data.source, data.eval_source and data.format)"
+        ) from None
+    return io.StringIO(text, newline="")  # newline="": the csv module sees the raw line ends
 
 
 # --- splitting and partitioning -------------------------------------------------------------
@@ -242,6 +253,11 @@ def build_splits(data: DataConfig, num_clients: int, seed: int) -> DataSplits:
     rng = random.Random(seed)
     if data.eval_source:
         eval_examples = load_examples(data.eval_source, data, seed + 1)
+        if data.eval_size and len(eval_examples) > data.eval_size:
+            # A seeded draw kept in file order (a file sorted by label still gives a fair mix);
+            # its own generator, so the training split does not depend on eval_size.
+            kept = random.Random(seed + 1).sample(range(len(eval_examples)), data.eval_size)
+            eval_examples = [eval_examples[i] for i in sorted(kept)]
     else:
         if len(examples) <= data.eval_size:
             raise FedpressError(

@@ -143,10 +143,26 @@ def codec_label(result: VariantResult) -> str:
     return f"{c.get('uplink_codec', 'none')} / {c.get('downlink_codec', 'none')}"
 
 
-def per_client_round_mb(result: VariantResult, key: str) -> float | None:
-    """Mean bytes one client sends (`bytes_up_per_client`) or receives per round, in MB."""
+def per_turn_mb(result: VariantResult, key: str) -> float | None:
+    """Mean bytes of one message up (`bytes_up_per_client`, one entry per message) or down, in
+    MB: one client's round in round-based methods, one turn in FedCyBGD."""
     values = [b for r in result.rounds if r.get("round", 0) > 0 for b in r.get(key) or []]
     return sum(values) / len(values) / MB if values else None
+
+
+def per_client_round_mb(result: VariantResult, key: str) -> float | None:
+    """Mean bytes one client sends (`bytes_up_per_client`) or receives in a round, in MB: each
+    round's bytes over the clients that took part. A FedCyBGD client takes several turns a
+    round, one message each; turns go to the clients in cyclic order (FedBAvg's groups too),
+    so a round of n messages reaches min(n, num_clients) clients."""
+    clients = result.config.get("num_clients") or (result.summary or {}).get("num_clients")
+    total = taking_part = 0
+    for r in result.rounds:
+        messages = r.get(key) or []
+        if r.get("round", 0) > 0 and messages:
+            total += sum(messages)
+            taking_part += min(len(messages), clients) if clients else len(messages)
+    return total / taking_part / MB if taking_part else None
 
 
 def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[dict[str, str]]:
@@ -253,7 +269,7 @@ def block_rows(
             continue
         down = s.get("download_bytes_per_turn") or {}
         if not down:  # fed-full: a turn is one client's round
-            per_down = per_client_round_mb(r, "bytes_down_per_client")
+            per_down = per_turn_mb(r, "bytes_down_per_client")
             down = {"first_mean": per_down and per_down * MB, "later_mean": None}
         share = down.get("later_share_of_full_model")
         mem = s.get("client_peak_mem_bytes")
@@ -268,9 +284,14 @@ def block_rows(
                 "MB down, later turns": _fmt(_mb(down.get("later_mean")), "{:.1f}")
                 + ("" if share is None else f" ({100 * share:.1f} % of model)"),
                 "MB up / turn": _fmt(
-                    _mb(s.get("upload_bytes_per_turn"))
-                    or per_client_round_mb(r, "bytes_up_per_client"),
+                    _mb(s.get("upload_bytes_per_turn")) or per_turn_mb(r, "bytes_up_per_client"),
                     "{:.1f}",
+                ),
+                "MB up / client / round": _fmt(
+                    per_client_round_mb(r, "bytes_up_per_client"), "{:.1f}"
+                ),
+                "MB down / client / round": _fmt(
+                    per_client_round_mb(r, "bytes_down_per_client"), "{:.1f}"
                 ),
                 "peak train MB": _fmt(_mb(mem), "{:.0f}"),
                 "vs fed-full": "-" if not (mem and full_mem) else f"{100 * mem / full_mem:.0f} %",
@@ -309,8 +330,10 @@ DETAILS = (
         "Block-wise and full-parameter costs per client turn",
         block_rows,
         "A turn is one client's training between a download and an upload (FedCyBGD: one block; "
-        "fed-full: one client's round). Peak train MB: what a turn's training adds above the "
-        "model the client holds (sampled RSS, CUDA allocator peak on GPU).",
+        "fed-full: one client's round). A FedCyBGD client takes several turns a round: per "
+        "client per round is a round's bytes over the clients that took part. Peak train MB: "
+        "what a turn's training adds above the model the client holds (sampled RSS, CUDA "
+        "allocator peak on GPU).",
     ),
 )
 
@@ -497,9 +520,12 @@ def plot_costs(results: list[VariantResult], path: Path) -> None:
 def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
     reference = reference_of(header, results)
     eval_sizes = sorted({(r.summary or {}).get("final_eval_examples") for r in results} - {None})
+    round_sizes = sorted({(r.summary or {}).get("round_eval_examples") for r in results} - {None})
     notes = [
         "MB = 10^6 bytes, counted from the Flower messages actually sent "
         "(all clients, all rounds).",
+        "MB up / down per client per round: a round's bytes over the clients that took part "
+        "(a FedCyBGD client sends and receives one message per turn, several turns a round).",
         "Uplink ratio = uplink bytes of the reference variant"
         + (f" (`{reference.name}`)" if reference else " (none finished)")
         + " / this variant's.",
@@ -512,7 +538,8 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         notes.append(
             "Final accuracy and loss on the full eval split ("
             + ", ".join(str(n) for n in eval_sizes)
-            + " examples); the curves use the per-round eval subset."
+            + " examples); the curves use the per-round eval subset"
+            + (f" ({', '.join(str(n) for n in round_sizes)} examples)." if round_sizes else ".")
         )
     return notes
 

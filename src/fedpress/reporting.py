@@ -114,6 +114,8 @@ class RunRecorder:
             "final_eval_loss": final_eval_loss,
             "final_accuracy": final_accuracy,
             "final_eval_examples": final_eval_examples,
+            # The per-round figures (metrics.jsonl, the curves) score this many: a fixed subset.
+            "round_eval_examples": self.rounds[-1].eval_examples if self.rounds else 0,
             "bytes_up_total": sum(r.bytes_up for r in self.rounds),
             "bytes_down_total": sum(r.bytes_down for r in self.rounds),
             "wall_s": wall,

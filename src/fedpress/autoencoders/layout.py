@@ -6,8 +6,8 @@ autoencoder pass compresses the whole update and the convolutions share weights 
 Layout (documented in docs/cg_fedllm.md): *rank-vector tiles*.
 - Every tensor is read as a stack of vectors: LoRA A (r x in) as its r rows, LoRA B (out x r)
   as its r columns (B transposed), other 2-D tensors by rows, anything else as one vector.
-  Per-round LoRA changes are close to rank one (measured on SmolLM2: the first singular value
-  of a change of A holds most of its energy), so the r vectors of one factor are near-copies
+  Per-round LoRA changes are expected to be close to rank one (a few steps from a shared
+  start; not measured by a shipped command), so the r vectors of one factor are near-copies
   of one another up to scale. Stacking them in *consecutive image rows, column-aligned* puts
   that redundancy where a 2-D convolution sees it (vertically), instead of smearing it along
   one wrapped stream.
