@@ -1,15 +1,46 @@
 """Client state that must outlive a round lives in Flower's Context.state, not in the process:
-a ClientApp process that is restarted between rounds sends exactly what a long-lived one does."""
+a ClientApp process that is restarted between rounds sends exactly what a long-lived one does.
+
+The restarted client is a real new Python process for every message, as on the deployment
+engine: the node's state travels to it serialised the way Flower ships it (protobuf), and
+comes back the same way."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedpress import task as task_module
 from fedpress.config import load_config
-from fedpress.flower import client_app, node, protocol
+from fedpress.flower import client_app, protocol
 from fedpress.task import build_task
+
+# One ClientApp call in a fresh interpreter: state and message in, state and payload out.
+FRESH_PROCESS = """
+import sys
+from pathlib import Path
+from flwr.app import Context, Message
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from fedpress.flower import client_app, protocol
+
+folder = Path(sys.argv[1])
+load = lambda name: recorddict_from_proto(ProtoRecordDict.FromString((folder / name).read_bytes()))
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+message = Message(content=load("message.bin"), message_type="train", dst_node_id=1)
+config = {"partition-id": 0, "num-partitions": 2}
+context = Context(run_id=1, node_id=1, node_config=config, state=load("state.bin"), run_config={})
+reply = client_app.train(message, context)
+(folder / "state.bin").write_bytes(recorddict_to_proto(context.state).SerializeToString())
+payload = reply.content[protocol.UPDATE][protocol.PACKED].numpy()
+(folder / "payload.bin").write_bytes(payload.tobytes())
+"""
 
 
 @pytest.fixture(autouse=True)
@@ -41,13 +72,18 @@ def new_context(config) -> Context:
     )
 
 
-def forget_process_caches() -> None:
-    """What a fresh ClientApp process starts with: no model, no tokenised data."""
-    task_module._CACHE.clear()
-    node._encoded_shares.clear()
+def train_in_a_new_process(folder: Path, message: Message, context: Context) -> np.ndarray:
+    """The ClientApp's answer from a new interpreter; `context.state` is updated from it."""
+    folder.mkdir(exist_ok=True)
+    for name, records in (("message.bin", message.content), ("state.bin", context.state)):
+        (folder / name).write_bytes(recorddict_to_proto(records).SerializeToString())
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], check=True, timeout=600)
+    state = ProtoRecordDict.FromString((folder / "state.bin").read_bytes())
+    context.state = recorddict_from_proto(state)
+    return np.frombuffer((folder / "payload.bin").read_bytes(), np.uint8)
 
 
-def test_error_feedback_residual_survives_a_process_restart():
+def test_error_feedback_residual_survives_a_process_restart(tmp_path):
     config = load_config(
         None,
         [
@@ -60,18 +96,21 @@ def test_error_feedback_residual_survives_a_process_restart():
     )
     global_record = protocol.tensors_to_record(build_task(config).initial_adapter)
     long_lived, restarted = new_context(config), new_context(config)
+    payload = lambda m: m.content[protocol.UPDATE][protocol.PACKED].numpy()  # noqa: E731
 
     first = client_app.train(instruction(config, 1, global_record), long_lived)
-    forget_process_caches()
-    client_app.train(instruction(config, 1, global_record), restarted)
-    state = protocol.record_to_arrays(long_lived.state[protocol.UPLINK_CODEC_STATE])
+    first_restarted = train_in_a_new_process(
+        tmp_path / "1", instruction(config, 1, global_record), restarted
+    )
+    assert np.array_equal(payload(first), first_restarted)
+    state = protocol.record_to_arrays(restarted.state[protocol.UPLINK_CODEC_STATE])
     assert state and any(np.abs(v).sum() > 0 for v in state.values())  # a real residual
 
     second_long = client_app.train(instruction(config, 2, global_record), long_lived)
-    forget_process_caches()
-    second_restarted = client_app.train(instruction(config, 2, global_record), restarted)
-    payload = lambda m: m.content[protocol.UPDATE][protocol.PACKED].numpy()  # noqa: E731
-    assert np.array_equal(payload(second_long), payload(second_restarted))
+    second_restarted = train_in_a_new_process(
+        tmp_path / "2", instruction(config, 2, global_record), restarted
+    )
+    assert np.array_equal(payload(second_long), second_restarted)
     # ...and the residual really changes what is sent: without it round 2 differs.
     fresh = client_app.train(instruction(config, 2, global_record), new_context(config))
     assert not np.array_equal(payload(second_long), payload(fresh))

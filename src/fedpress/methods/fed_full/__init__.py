@@ -3,16 +3,19 @@
 Every sampled client receives the whole model, trains every parameter for
 `train.local_steps` steps and sends back the change of every parameter; the server averages
 the changes. The server is LoRA-FedAvg's with the full model as the "adapter"
-(`fed_full.task`), so sampling, validation, codecs, DP, checkpoints and accounting are shared.
+(`fed_full.task`), and so is the client, so sampling, validation, codecs, DP, checkpoints and
+accounting are shared.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from flwr.app import Context, Message
+
 from fedpress.config import RunConfig
-from fedpress.methods.fed_full import client
 from fedpress.methods.fed_full.task import build_full_task
+from fedpress.methods.lora_fedavg import client
 from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.registry import Method, register
 
@@ -23,12 +26,17 @@ def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
     return server
 
 
+def train(msg: Message, context: Context, config: RunConfig) -> Message:
+    """LoRA-FedAvg's client round on the full-parameter task."""
+    return client.train(msg, context, config, task=build_full_task(config))
+
+
 METHOD = register(
     Method(
         name="fed-full",
         about="full-parameter FedAvg: every client trains and sends the whole model",
         reads=("uplink_codec", "downlink_codec", "codec", "federation", "privacy"),
         server=build_server,
-        client={"": client.train},
+        client={"": train},
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from flwr.app import Context, Message
 
 from fedpress.accounting import stopwatch
@@ -28,8 +29,8 @@ def train(
     task: LoraTask | None = None,
     uplink: UplinkChoice = configured_uplink,
 ) -> Message:
-    """One round on this node. `task` and `uplink` are what LoRA variants change (FFA-LoRA's
-    task trains B only; CG-FedLLM's uplink is the shipped autoencoder)."""
+    """One round on this node. `task` and `uplink` are what variants change (FFA-LoRA's task
+    trains B only, fed-full's every parameter; CG-FedLLM's uplink is the shipped autoencoder)."""
     task = task or build_task(config)
     server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
     partition = node.partition_id(context, config)
@@ -44,9 +45,13 @@ def train(
             steps=config.train.local_steps,
             seed=node.train_seed(config, server_round, partition),
         )
-    end_state = task.adapter()
     with stopwatch() as upload_codec:
-        delta = {name: end_state[name] - global_state[name] for name in end_state}
+        # The change, computed into the received copy (no copy of a full model's worth).
+        params = dict(task.model.named_parameters())
+        delta = {
+            name: torch.sub(params[name].detach().to("cpu", torch.float32), start, out=start)
+            for name, start in global_state.items()
+        }
         if config.privacy.enabled and config.privacy.client_clip:
             from fedpress.privacy import clip_update
 
