@@ -165,6 +165,7 @@ def _tiny(*extra: str):
     return load_config(None, _tiny_args(*extra))
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_hostile_latents_never_touch_the_global_adapter(tmp_path):
     config = _tiny("num_clients=5", "rounds=1", "autoencoder.error_feedback=off")
     shapes = build_task(config).adapter_shapes()
@@ -207,6 +208,7 @@ def test_hostile_latents_never_touch_the_global_adapter(tmp_path):
         )
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     # Round 2 adapts the autoencoder: clients send fp16 updates, the server fine-tunes and
     # re-ships it (the frozen paper setting is the default, adapt_every = 0).
@@ -355,6 +357,7 @@ def test_privacy_config_errors_are_one_line():
         load_config(None, ["autoencoder.compression=48"])
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_tgap_and_ae_analyze_commands(tmp_path, capsys):
     from fedpress.cli import main
 

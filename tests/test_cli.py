@@ -37,6 +37,7 @@ def read_rounds(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
     out = tmp_path / "run"
     result = fedpress(
@@ -83,6 +84,7 @@ def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
     assert summary["client_peak_mem_bytes"] > 0
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_codecs_shrink_the_measured_messages(tmp_path):
     out = tmp_path / "run"
     result = fedpress(
@@ -111,6 +113,7 @@ def test_codecs_shrink_the_measured_messages(tmp_path):
         assert all(b < adapter_bytes / 2.5 for b in r["bytes_down_per_client"])
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_centralized_reference_run(tmp_path):
     out = tmp_path / "central"
     result = fedpress(

@@ -14,6 +14,8 @@ from fedpress.flower import client_app as honest
 from fedpress.flower import protocol
 from fedpress.flower.simulation import simulate
 
+pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
+
 HANG_S = 75
 
 slow_app = ClientApp()

@@ -83,6 +83,7 @@ def train_in_a_new_process(folder: Path, message: Message, context: Context) -> 
     return np.frombuffer((folder / "payload.bin").read_bytes(), np.uint8)
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_error_feedback_residual_survives_a_process_restart(tmp_path):
     config = load_config(
         None,

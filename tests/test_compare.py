@@ -62,6 +62,7 @@ def compared(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, result
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_compare_runs_every_variant_and_records_the_failing_one(compared):
     out, result = compared
     assert result.returncode == 1, result.stderr[-3000:]  # one variant failed
@@ -86,6 +87,7 @@ def test_compare_runs_every_variant_and_records_the_failing_one(compared):
     assert (out / "report.html").is_file() and (out / "matrix.toml").is_file()
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_a_repeated_compare_skips_finished_variants(compared, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(compared[0], out)
@@ -100,6 +102,7 @@ def test_a_repeated_compare_skips_finished_variants(compared, tmp_path):
     assert after == before
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_an_interrupted_variant_resumes_from_its_checkpoint(compared, tmp_path):
     """Rewind a finished run to 'killed after round 1': the compare must continue it, not
     start over (it keeps the round-1 record, marked here, and redoes round 2)."""
@@ -120,6 +123,7 @@ def test_an_interrupted_variant_resumes_from_its_checkpoint(compared, tmp_path):
     assert (run / "summary.json").is_file()
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_a_folder_of_another_config_is_refused_or_moved_aside(compared, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(compared[0] / "central", out / "central")
@@ -205,6 +209,7 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_report_html_renders_in_headless_chromium(compared, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium: scripts/test.sh installs Debian's chromium, it failed")

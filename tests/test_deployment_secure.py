@@ -10,8 +10,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from fedpress.local_deployment import launch_local_deployment
+
+pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
 
 
 def test_tls_supernode_auth_runs_enrolled_nodes_and_refuses_unknown_key(tmp_path, tiny_run_toml):

@@ -85,6 +85,7 @@ def lora_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_exported_lora_loads_without_fedpress_with_the_same_logits(lora_run, tmp_path):
     tuned = logits_here(load_run(lora_run).model)
     base = logits_here(load_base_model("tiny-llama", load_config(lora_run / "config.toml").runtime))
@@ -101,6 +102,7 @@ def test_exported_lora_loads_without_fedpress_with_the_same_logits(lora_run, tmp
     torch.testing.assert_close(elsewhere["adapter"], tuned)
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_full_parameter_run_exports_as_a_model_folder(lora_run, tmp_path):
     """A full-parameter method saves the whole state dict as model.safetensors."""
     run = tmp_path / "full-run"
@@ -122,6 +124,7 @@ def test_full_parameter_run_exports_as_a_model_folder(lora_run, tmp_path):
     torch.testing.assert_close(elsewhere, logits_here(model))
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_export_refuses_to_overwrite_and_needs_tuned_weights(lora_run, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep me")
@@ -158,6 +161,7 @@ def test_k_shot_prompts_show_solved_dev_questions_of_the_same_subject(shared_dat
         with_shots(test, dev, 6)
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_eval_cli_zero_and_k_shot(lora_run, mmlu_subset, shared_data, tmp_path):
     zero = run_mcq_eval(str(lora_run), data=str(mmlu_subset), limit=4, show=False)
     assert zero["questions"] == 8 and set(zero["subjects"]) == {"anatomy", "astronomy"}

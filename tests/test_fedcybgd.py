@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
@@ -64,6 +65,7 @@ def replay_first_turn(config):
     return task, block, delta, memory["bytes"]
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path):
     config = load_config(
         None,
@@ -109,6 +111,7 @@ def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path)
     assert peak > 0 and summary["client_peak_mem_bytes"] > 0
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_fed_full_writes_a_loadable_full_model(tmp_path):
     config = load_config(
         None,
@@ -214,6 +217,7 @@ def spy_train(msg: Message, context: Context) -> Message:
     return reply
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, monkeypatch):
     """cybgd.prune_target = "delta": a client rebuilds a changed frozen block as pretrained
     weights + the larger half of the change, close to the server's block."""

@@ -1,12 +1,15 @@
 """FFA-LoRA, the method added as one package: A stays at its seeded random init, only B is
 trained and sent, and the uplink is about half of LoRA-FedAvg's in the same setting."""
 
+import pytest
 from safetensors.torch import load_file
 
 from fedpress.config import load_config
 from fedpress.flower.simulation import simulate
 from fedpress.methods.ffa_lora import build_ffa_task
 from fedpress.task import build_task
+
+pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
 
 SETTING = [
     "model=tiny-llama",

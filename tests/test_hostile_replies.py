@@ -65,6 +65,7 @@ def train(msg: Message, context: Context) -> Message:
     return reply
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_hostile_replies_never_touch_the_global_adapter(tmp_path):
     config = load_config(
         None,

@@ -16,6 +16,7 @@ from fedpress.privacy import compute_epsilon
 from fedpress.task import build_task
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
 def test_private_lora_fedavg_reports_the_epsilon_of_its_rounds(tmp_path):
     config = load_config(
         None,

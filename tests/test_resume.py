@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
+
 ARGS = [
     "--set",
     "model=tiny-llama",
