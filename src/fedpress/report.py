@@ -193,7 +193,8 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
             "uplink ratio": ratio,
             "MB up / client / round": _fmt(per_up, "{:.3f}"),
             "MB down / client / round": _fmt(per_down, "{:.3f}"),
-            "client peak mem MB": _fmt((s.get("client_peak_mem_bytes") or 0) / MB, "{:.0f}"),
+            "client peak mem MB": _fmt(_mb(s.get("client_peak_mem_bytes")), "{:.0f}"),
+            "train mem MB": _fmt(_mb(s.get("client_train_mem_bytes")), "{:.0f}"),
             "codec % of client time": _fmt(codec_share(s), "{:.2f}"),
             "wall s": _fmt(s.get("wall_s"), "{:.0f}"),
         }
@@ -261,7 +262,8 @@ def block_rows(
     """Per-turn costs of block-wise and full-parameter variants (FedCyBGD's claims)."""
     finished = [r for r in results if r.finished]
     full = next((r for r in finished if r.method == "fed-full"), None)
-    full_mem = (full.summary or {}).get("client_peak_mem_bytes") if full else None
+    full_peak = (full.summary or {}).get("client_peak_mem_bytes") if full else None
+    full_train = (full.summary or {}).get("client_train_mem_bytes") if full else None
     rows = []
     for r in finished:
         s = r.summary or {}
@@ -272,7 +274,7 @@ def block_rows(
             per_down = per_turn_mb(r, "bytes_down_per_client")
             down = {"first_mean": per_down and per_down * MB, "later_mean": None}
         share = down.get("later_share_of_full_model")
-        mem = s.get("client_peak_mem_bytes")
+        peak, train = s.get("client_peak_mem_bytes"), s.get("client_train_mem_bytes")
         cybgd = r.config.get("cybgd") or {}
         rows.append(
             {
@@ -293,8 +295,10 @@ def block_rows(
                 "MB down / client / round": _fmt(
                     per_client_round_mb(r, "bytes_down_per_client"), "{:.1f}"
                 ),
-                "peak train MB": _fmt(_mb(mem), "{:.0f}"),
-                "vs fed-full": "-" if not (mem and full_mem) else f"{100 * mem / full_mem:.0f} %",
+                "peak MB (with weights)": _fmt(_mb(peak), "{:.0f}"),
+                "vs fed-full": _share(peak, full_peak),
+                "train MB (added)": _fmt(_mb(train), "{:.0f}"),
+                "train vs fed-full": _share(train, full_train),
                 "failed turns": str(s.get("turns_failed", "-")),
             }
         )
@@ -316,6 +320,10 @@ def _mb(value: Any) -> float | None:
     return None if value is None else value / MB
 
 
+def _share(value: Any, of: Any) -> str:
+    return "-" if not (value and of) else f"{100 * value / of:.0f} %"
+
+
 DETAILS = (
     (
         "CG-FedLLM autoencoders",
@@ -331,9 +339,10 @@ DETAILS = (
         block_rows,
         "A turn is one client's training between a download and an upload (FedCyBGD: one block; "
         "fed-full: one client's round). A FedCyBGD client takes several turns a round: per "
-        "client per round is a round's bytes over the clients that took part. Peak train MB: "
-        "what a turn's training adds above the model the client holds (sampled RSS, CUDA "
-        "allocator peak on GPU).",
+        "client per round is a round's bytes over the clients that took part. Peak MB: the "
+        "client's peak resident memory during its training, the weights it holds included; "
+        "train MB: what training adds above the loaded model (sampled RSS; CUDA allocator "
+        "peak on GPU). Runs from before both were recorded show only the older figure.",
     ),
 )
 
@@ -529,10 +538,10 @@ def _notes(header: dict[str, Any], results: list[VariantResult]) -> list[str]:
         "Uplink ratio = uplink bytes of the reference variant"
         + (f" (`{reference.name}`)" if reference else " (none finished)")
         + " / this variant's.",
-        "Client peak memory: for lora-fedavg and cg-fedllm, the client process's peak RSS, "
-        "model included (CUDA allocator peak on GPU); for fed-full, fedcybgd and the "
-        "centralized references, the peak a training turn adds above the model it holds. "
-        "Compare within each group.",
+        "Client memory, the same measure for every method, around each client's training: "
+        "peak mem = peak resident memory with the weights the client holds (in the simulation "
+        "the worker process's, interpreter and libraries included; CUDA allocator peak on "
+        "GPU); train mem = what training adds above the loaded model.",
     ]
     if eval_sizes:
         notes.append(
