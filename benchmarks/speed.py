@@ -1,0 +1,242 @@
+"""Where a run's time goes (issue 16): fedpress against references run in the same invocation.
+
+    python benchmarks/speed.py                 # everything (about 15 minutes on 2 cores)
+    python benchmarks/speed.py --skip-demo     # without the no-argument demo (about 7)
+
+Prints and saves `benchmarks/results/speed.{json,md}`:
+
+- per-step training time of a fedpress client (`fedpress run`, 1 client, 1 round of `--steps`
+  steps, SmolLM2-135M, LoRA r=8 on q/k/v/o, SST-2, batch 8) against a plain PyTorch + PEFT
+  loop written here, on the same model, the same tokenised batches and the same thread count;
+- the fixed cost of a run (wall time minus client training, codec and evaluation time) against
+  Flower's own simulation of a trivial app (the server sends each client an empty message per
+  round, the client echoes it) with the same numbers of clients and rounds, for SmolLM2 and for
+  tiny-llama (2 clients, 2 rounds);
+- the wall time of the tiny-llama 2 x 2 run, and of the demo (`fedpress run`, no arguments, in a
+  new process, the SmolLM2 cache already built) with its final accuracy against round 0's.
+
+Ratios compare figures taken in this one invocation, on this machine, under the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common import RESULTS, make_config, markdown_table, quiet, save, sst2_setting
+
+
+def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
+    """The reference: model + PEFT LoRA, AdamW, the same batches fedpress's client trains on."""
+    from fedpress.data import build_splits
+    from fedpress.models import add_lora, load_base_model, load_tokenizer
+    from fedpress.training import collate, encode
+
+    config = make_config({**sst2_setting(1, 1, steps, 2000), "lora.r": 8})
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = add_lora(load_base_model(config.model, config.runtime), config.lora)
+    tokenizer = load_tokenizer(config.model)
+    splits = build_splits(config.data, 1, config.seed)
+    data = [encode(e, tokenizer, config.data.max_length) for e in splits.client_shares[0]]
+    load_s = time.perf_counter() - started
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr)
+    batch = config.train.batch_size
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        rows = [data[(step * batch + i) % len(data)] for i in range(batch)]
+        loss = model(**collate(rows, int(tokenizer.pad_token_id), torch.device("cpu"))).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    train_s = time.perf_counter() - start
+    return {"train_s": train_s, "step_s": train_s / steps, "load_s": load_s}
+
+
+def fedpress_run(overrides: dict[str, Any], out: Path) -> dict[str, float]:
+    """`fedpress run`'s code path, in this process; the summary's time breakdown."""
+    from fedpress.runner import run_config
+
+    config = make_config(overrides)
+    started = time.perf_counter()
+    summary = run_config(config, out)
+    wall = time.perf_counter() - started
+    measured = summary["client_train_s"] + summary["codec_s"] + summary["eval_s"]
+    return {
+        "wall_s": wall,
+        "client_train_s": summary["client_train_s"],
+        "codec_s": summary["codec_s"],
+        "eval_s": summary["eval_s"],
+        "fixed_s": wall - measured,
+        "step_s": summary["client_train_s"] / (config.train.local_steps * config.num_clients),
+        "final_accuracy": summary["final_accuracy"],
+    }
+
+
+def trivial_flower(clients: int, rounds: int) -> float:
+    """Wall seconds of Flower's simulation of an app that does nothing but exchange messages."""
+    from flwr.app import Context, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    client = ClientApp()
+
+    @client.train()
+    def echo(msg: Message, context: Context) -> Message:
+        return Message(RecordDict(), reply_to=msg)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        while len(grid.get_node_ids()) < clients:
+            time.sleep(0.1)
+        for _ in range(rounds):
+            messages = [
+                Message(RecordDict(), message_type=MessageType.TRAIN, dst_node_id=node)
+                for node in grid.get_node_ids()
+            ]
+            grid.send_and_receive(messages)
+
+    started = time.perf_counter()
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
+    return time.perf_counter() - started
+
+
+def demo(out: Path) -> dict[str, Any]:
+    """`fedpress run` with no arguments, in a new process (first model load excluded: the
+    SmolLM2 cache is built by the SmolLM2 runs before)."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "fedpress.cli", "run", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=3600,
+    )
+    wall = time.perf_counter() - started
+    rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "wall_s": wall,
+        "round0_accuracy": rounds[0]["accuracy"],
+        "final_accuracy": summary["final_accuracy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--skip-demo", action="store_true")
+    args = parser.parse_args()
+    quiet()
+    threads = min(2, os.cpu_count() or 1)
+    load = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="fedpress-speed-"))
+    smol = {
+        **sst2_setting(1, 1, args.steps, 2000),
+        "federation.client_cpus": threads,
+        "eval.per_round_examples": 100,
+    }
+    results: dict[str, Any] = {"threads": threads, "load_at_start": load, "steps": args.steps}
+    results["plain"] = plain_peft_loop(args.steps, threads)
+    results["fedpress_smollm2"] = fedpress_run(smol, work / "smol")
+    results["flower_trivial_1x1"] = trivial_flower(1, 1)
+    tiny = {
+        "model": "tiny-llama",
+        "num_clients": 2,
+        "rounds": 2,
+        "federation.client_cpus": 1,
+    }
+    results["fedpress_tiny"] = fedpress_run(tiny, work / "tiny")
+    results["flower_trivial_2x2"] = trivial_flower(2, 2)
+    if not args.skip_demo:
+        results["demo"] = demo(work / "demo")
+    results["load_at_end"] = os.getloadavg()[0]
+
+    plain, smol_run, tiny_run = (
+        results["plain"],
+        results["fedpress_smollm2"],
+        results["fedpress_tiny"],
+    )
+    rows = [
+        {
+            "figure": "per-step training time, fedpress client / plain PEFT loop",
+            "value": f"{smol_run['step_s']:.2f} s / {plain['step_s']:.2f} s = "
+            f"{smol_run['step_s'] / plain['step_s']:.3f}x",
+            "target": "<= 1.05x",
+        },
+        {
+            "figure": "fixed cost, SmolLM2 1 client x 1 round, minus Flower's trivial app",
+            "value": f"{smol_run['fixed_s']:.1f} s - {results['flower_trivial_1x1']:.1f} s = "
+            f"{smol_run['fixed_s'] - results['flower_trivial_1x1']:.1f} s",
+            "target": "<= 15 s",
+        },
+        {
+            "figure": "fixed cost, tiny-llama 2 clients x 2 rounds, minus Flower's trivial app",
+            "value": f"{tiny_run['fixed_s']:.1f} s - {results['flower_trivial_2x2']:.1f} s = "
+            f"{tiny_run['fixed_s'] - results['flower_trivial_2x2']:.1f} s",
+            "target": "<= 15 s",
+        },
+        {
+            "figure": "tiny-llama 2 clients x 2 rounds, wall",
+            "value": f"{tiny_run['wall_s']:.1f} s",
+            "target": "<= 25 s",
+        },
+    ]
+    if "demo" in results:
+        d = results["demo"]
+        rows.append(
+            {
+                "figure": "demo (`fedpress run`, no arguments), wall",
+                "value": f"{d['wall_s']:.0f} s; accuracy {100 * d['round0_accuracy']:.1f} % "
+                f"untuned -> {100 * d['final_accuracy']:.1f} %",
+                "target": "<= 150 s",
+            }
+        )
+    table = markdown_table(
+        rows, [("figure", "figure"), ("value", "measured"), ("target", "target")]
+    )
+    breakdown = markdown_table(
+        [
+            {"run": name, **{k: f"{v:.1f}" for k, v in results[name].items() if k.endswith("_s")}}
+            for name in ("fedpress_smollm2", "fedpress_tiny")
+        ],
+        [
+            ("run", "run"),
+            ("wall_s", "wall s"),
+            ("client_train_s", "client train s"),
+            ("codec_s", "codec s"),
+            ("eval_s", "eval s"),
+            ("fixed_s", "fixed s"),
+        ],
+    )
+    header = (
+        f"`python benchmarks/speed.py{' --skip-demo' if args.skip_demo else ''}`, "
+        f"{threads} threads, load average {load:.2f} at start and "
+        f"{results['load_at_end']:.2f} at the end ({RESULTS.name}/speed.json has every figure)."
+    )
+    text = f"{header}\n\n{table}\n\n{breakdown}"
+    print(text)
+    save("speed", results, text)
+
+
+if __name__ == "__main__":
+    main()
