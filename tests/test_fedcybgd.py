@@ -91,6 +91,7 @@ def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path)
     assert summary["blocks"] == ["layers.0", "layers.1"]
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds[1]["clients_sampled"] == 4 and rounds[1]["clients_ok"] == 1
+    assert rounds[1]["clients_participated"] == 4  # one turn each
     for name in ("config.toml", "curves.png", "checkpoint.safetensors"):
         assert (out / name).is_file()
 

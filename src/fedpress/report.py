@@ -153,15 +153,20 @@ def per_turn_mb(result: VariantResult, key: str) -> float | None:
 def per_client_round_mb(result: VariantResult, key: str) -> float | None:
     """Mean bytes one client sends (`bytes_up_per_client`) or receives in a round, in MB: each
     round's bytes over the clients that took part. A FedCyBGD client takes several turns a
-    round, one message each; turns go to the clients in cyclic order (FedBAvg's groups too),
-    so a round of n messages reaches min(n, num_clients) clients."""
+    round, one message each. Runs record how many distinct clients a round reached
+    (`clients_participated`); for older runs, turns go to the clients in cyclic order
+    (FedBAvg's groups too), so a round of n messages reached min(n, num_clients) clients."""
     clients = result.config.get("num_clients") or (result.summary or {}).get("num_clients")
     total = taking_part = 0
     for r in result.rounds:
         messages = r.get(key) or []
         if r.get("round", 0) > 0 and messages:
             total += sum(messages)
-            taking_part += min(len(messages), clients) if clients else len(messages)
+            recorded = r.get("clients_participated")
+            if recorded:
+                taking_part += recorded
+            else:
+                taking_part += min(len(messages), clients) if clients else len(messages)
     return total / taking_part / MB if taking_part else None
 
 

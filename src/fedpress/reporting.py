@@ -26,7 +26,8 @@ class RoundRecord:
     eval_loss: float
     accuracy: float | None
     eval_examples: int
-    clients_sampled: int = 0
+    clients_sampled: int = 0  # messages sent (a client takes several FedCyBGD turns a round)
+    clients_participated: int = 0  # distinct clients those messages went to
     clients_ok: int = 0
     clients_failed: int = 0
     bytes_up: int = 0

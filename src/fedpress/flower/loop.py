@@ -85,6 +85,7 @@ class RoundStats:
     """What one round cost; retried exchanges accumulate the bytes and clients of every try."""
 
     sampled: int = 0
+    nodes: set[int] = field(default_factory=set)  # distinct nodes sent to
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
     ok: int = 0
@@ -407,6 +408,7 @@ def run_exchange(
             )
         server.deliveries.extend(sent.values())
         stats.sampled += len(messages)
+        stats.nodes.update(sent)
         replies = grid.send_and_receive(messages, timeout=federation.round_timeout_s)
         accepted: list[Accepted] = []
         for reply in replies:
@@ -477,6 +479,7 @@ def round_record(
         accuracy=result.accuracy,
         eval_examples=result.examples,
         clients_sampled=stats.sampled,
+        clients_participated=len(stats.nodes),
         clients_ok=stats.ok,
         clients_failed=stats.failed,
         bytes_up=sum(stats.bytes_up),
