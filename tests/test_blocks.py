@@ -7,7 +7,7 @@ from flwr.app import RecordDict
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from fedpress.accounting import message_nbytes
-from fedpress.config import CybgdConfig, RuntimeConfig
+from fedpress.config import RuntimeConfig
 from fedpress.memory import training_memory
 from fedpress.methods.fedcybgd.blocks import dropped_layers, find_blocks, without_layers
 from fedpress.methods.fedcybgd.download import (
@@ -19,6 +19,7 @@ from fedpress.methods.fedcybgd.download import (
     prune,
     unprune,
 )
+from fedpress.methods.fedcybgd.settings import CybgdConfig
 from fedpress.methods.fedcybgd.turns import plan_round
 from fedpress.models import TINY_MODELS, load_base_model
 

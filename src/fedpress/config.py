@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedpress.errors import FedpressError
+from fedpress.errors import FedpressError, check_choice
 
 CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
 
@@ -126,76 +126,6 @@ class RuntimeConfig:
 
 
 @dataclass
-class CybgdConfig:
-    """FedCyBGD (docs/fedcybgd.md): one block per client turn, in a cycle; compressed download."""
-
-    # ascending | descending | random | aggregated (FedBAvg: several clients per block, averaged)
-    allocation: str = "ascending"
-    # aggregated: clients that train the same block from the same snapshot in one turn.
-    clients_per_block: int = 2
-    # Client turns per round; 0 = max(blocks, clients), so every block is trained once a round.
-    turns_per_round: int = 0
-    # Let the embeddings and the head (final norm, untied LM head) take turns as blocks too.
-    include_embeddings: bool = False
-    # Train only LoRA parameters ([lora]) inside the responsible block instead of the block.
-    peft: bool = False
-    # Download compression of the frozen rest (the responsible block always travels exact):
-    # share of frozen decoder layers left out (the client runs the model without them) ...
-    layer_drop_ratio: float = 0.0
-    # ... share of the smallest-magnitude entries of frozen layer weight matrices zeroed and
-    # sent sparsely (bitmask + kept values); full-parameter mode only.
-    prune_ratio: float = 0.0
-    # What pruning keeps: "weights" (the paper: the largest frozen weights) or "delta" (the
-    # largest entries of the change since the pretrained weights; needs delta_sync, under which
-    # clients hold those weights). Same bytes; "delta" keeps the frozen rest nearly exact.
-    prune_target: str = "weights"
-    # Clients hold the pretrained weights and receive only blocks changed since they last synced.
-    delta_sync: bool = True
-
-
-@dataclass
-class AutoencoderConfig:
-    """CG-FedLLM's learned uplink codec (docs/cg_fedllm.md): architecture, rate, TGAP, FAF."""
-
-    # resnet3 | cnn1d | uformer0 | uformer1 | uformer2 (U-Former with 0/1/2 transformer blocks)
-    # | rowlinear (a learned linear code per layout row; docs/cg_fedllm.md)
-    arch: str = "resnet3"
-    # Input numbers per latent number (64 = the paper's 1/64); must divide 4096.
-    compression: int = 64
-    # fp16 | fp32: dtype of the latent on the wire.
-    latent_dtype: str = "fp16"
-    # A trained autoencoder (folder with autoencoder.safetensors + autoencoder.json); empty:
-    # cg-fedllm runs TGAP first inside the run.
-    checkpoint: str = ""
-    # TGAP snapshots recorded before (a snapshots.safetensors, or the run or `fedpress tgap`
-    # folder holding autoencoder/snapshots.safetensors): skip recording, train this architecture
-    # on them. In a compare matrix, "{compare}" stands for the compare folder, so every
-    # architecture can train on the snapshots the first cg-fedllm variant recorded.
-    snapshots_from: str = ""
-    # FAF: frozen (the paper), or adapted every `adapt_every` rounds (0 = frozen): those rounds'
-    # clients send fp16 updates, the server fine-tunes the autoencoder on them and re-ships it.
-    adapt_every: int = 0
-    adapt_steps: int = 50
-    # auto (on) | on | off: error feedback around the autoencoder codec (clients then also
-    # receive the decoder, to know what the server will reconstruct).
-    error_feedback: str = "auto"
-    # TGAP: each client trains LoRA on its D1 share and records its adapter change every
-    # `snapshot_steps` steps (0 = train.local_steps), `snapshots` times.
-    snapshots: int = 8
-    snapshot_steps: int = 0
-    # Autoencoder training on the pooled snapshots.
-    val_fraction: float = 0.25
-    train_steps: int = 300
-    batch_size: int = 8
-    # Training crops (pixels per side, a multiple of 64): convolutions share weights.
-    crop: int = 256
-    lr: float = 1e-3
-    # Input scaling: per-tensor RMS times a gain fitted at TGAP so that this quantile of
-    # |x / rms| lands at the tanh ceiling (values beyond are clamped; error feedback resends them).
-    scale_quantile: float = 0.999
-
-
-@dataclass
 class PrivacyConfig:
     """Client-level differential privacy (Geyer et al. 2017; docs/cg_fedllm.md)."""
 
@@ -229,9 +159,16 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    cybgd: CybgdConfig = field(default_factory=CybgdConfig)
-    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # The sections methods bring (`[cybgd]`, `[autoencoder]`): name -> that method's dataclass
+    # (registry.Method.section), read as attributes: `config.cybgd.prune_ratio`.
+    sections: dict[str, Any] = field(default_factory=lambda: _method_sections({}, ""))
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"RunConfig has no attribute '{name}'")
 
     def validate(self) -> RunConfig:
         from fedpress import registry
@@ -289,7 +226,13 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {
+            f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "sections"
+        }
+        out.update({name: dataclasses.asdict(value) for name, value in self.sections.items()})
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -307,39 +250,6 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
-
-
-AUTOENCODER_ARCHS = ("resnet3", "cnn1d", "uformer0", "uformer1", "uformer2", "rowlinear")
-
-
-def validate_autoencoder(ae: AutoencoderConfig) -> None:
-    check_choice("autoencoder.arch", ae.arch, AUTOENCODER_ARCHS)
-    check_choice("autoencoder.latent_dtype", ae.latent_dtype, ("fp16", "fp32"))
-    check_choice("autoencoder.error_feedback", ae.error_feedback, ("auto", "on", "off"))
-    if ae.compression < 1 or 4096 % ae.compression:
-        raise FedpressError(
-            f"config key 'autoencoder.compression' must divide 4096 (e.g. 16, 32, 64, 128), "
-            f"got {ae.compression}"
-        )
-    for key, value, low in (
-        ("autoencoder.snapshots", ae.snapshots, 2),
-        ("autoencoder.snapshot_steps", ae.snapshot_steps, 0),
-        ("autoencoder.train_steps", ae.train_steps, 1),
-        ("autoencoder.batch_size", ae.batch_size, 1),
-        ("autoencoder.adapt_every", ae.adapt_every, 0),
-        ("autoencoder.adapt_steps", ae.adapt_steps, 1),
-        ("autoencoder.crop", ae.crop, 64),
-    ):
-        if value < low:
-            raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")
-    if ae.crop % 64:
-        raise FedpressError(f"config key 'autoencoder.crop' must be a multiple of 64: {ae.crop}")
-    if not 0.0 < ae.val_fraction < 1.0:
-        raise FedpressError("config key 'autoencoder.val_fraction' must be in (0, 1)")
-    if not 0.5 <= ae.scale_quantile <= 1.0:
-        raise FedpressError("config key 'autoencoder.scale_quantile' must be in [0.5, 1]")
-    if ae.lr <= 0:
-        raise FedpressError("config key 'autoencoder.lr' must be > 0")
 
 
 def _validate_privacy(dp: PrivacyConfig) -> None:
@@ -430,12 +340,31 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _method_sections(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Each registered method's section, built from `raw` where it has the section's table."""
+    from fedpress import registry
+
+    return {
+        name: _build(cls, raw.get(name, {}), f"{prefix}{name}.")
+        for name, cls in registry.sections()
+    }
+
+
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise FedpressError(f"config key '{prefix.rstrip('.')}' must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "sections"}
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
+    if cls is RunConfig:
+        sections = _method_sections(raw, prefix)
+        raw = {k: v for k, v in raw.items() if k not in sections}
+        kwargs["sections"] = sections
+        fields.update({name: None for name in sections})  # for "did you mean"
     for key, value in raw.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
@@ -484,15 +413,6 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return str(value)  # --set model=123 is a name, not a number
         raise FedpressError(f"config key '{key}' must be a string, got {value!r}")
     raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise FedpressError(
-            f"config key '{key}' = '{value}' is not one of {', '.join(choices)}{hint}"
-        )
 
 
 def dumps_toml(data: dict[str, Any]) -> str:

@@ -57,6 +57,9 @@ class Method:
     # Config keys this method honours beyond SHARED_KEYS: a section ("cybgd") or one key
     # ("federation.fraction_train"). A key of another method set to a non-default value is refused.
     reads: tuple[str, ...] = ()
+    # The config section this method brings (name, dataclass), e.g. ("cybgd", CybgdConfig):
+    # every config carries it; methods that read it list its name in `reads`.
+    section: tuple[str, type] | None = None
     # Federated: builds the server side (fedpress.flower.loop.FederatedServer) from
     # (config, out_dir, parallel_clients).
     server: Callable[..., Any] | None = None
@@ -111,6 +114,12 @@ def get(name: str) -> Method:
     if name not in _METHODS:
         raise FedpressError(f"unknown method '{name}'; known: {', '.join(_METHODS)}")
     return _METHODS[name]
+
+
+def sections() -> list[tuple[str, type]]:
+    """The config sections methods bring, in registration order."""
+    _load_builtin()
+    return [m.section for m in _METHODS.values() if m.section is not None]
 
 
 def all_methods() -> tuple[Method, ...]:

@@ -16,6 +16,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +26,11 @@ from tqdm import tqdm
 
 from fedpress.autoencoders import Autoencoder, Layout, build_autoencoder
 from fedpress.codecs.autoencoder import AutoencoderCodec
-from fedpress.config import AutoencoderConfig, RunConfig
+from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
+
+if TYPE_CHECKING:
+    from fedpress.methods.cg_fedllm.settings import AutoencoderConfig
 
 log = logging.getLogger("fedpress")
 

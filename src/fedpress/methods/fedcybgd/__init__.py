@@ -11,30 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedpress.config import RunConfig, check_choice
-from fedpress.errors import FedpressError
+from fedpress.config import RunConfig
 from fedpress.methods.fedcybgd import client
 from fedpress.methods.fedcybgd.server import FedCyBGDServer
+from fedpress.methods.fedcybgd.settings import CybgdConfig, check_cybgd
 from fedpress.registry import Method, register
-
-
-def check_cybgd(config: RunConfig) -> None:
-    cybgd = config.cybgd
-    allocations = ("ascending", "descending", "random", "aggregated")
-    check_choice("cybgd.allocation", cybgd.allocation, allocations)
-    if not 1 <= cybgd.clients_per_block <= config.num_clients:
-        raise FedpressError("config key 'cybgd.clients_per_block' must be in [1, num_clients]")
-    if cybgd.turns_per_round < 0:
-        raise FedpressError("config key 'cybgd.turns_per_round' must be >= 0")
-    for key in ("layer_drop_ratio", "prune_ratio"):
-        if not 0.0 <= getattr(cybgd, key) < 1.0:
-            raise FedpressError(f"config key 'cybgd.{key}' must be in [0, 1)")
-    check_choice("cybgd.prune_target", cybgd.prune_target, ("weights", "delta"))
-    if cybgd.prune_target == "delta" and not cybgd.delta_sync:
-        raise FedpressError(
-            "cybgd.prune_target = 'delta' needs cybgd.delta_sync = true: a client without "
-            "delta sync is not assumed to hold the pretrained weights the change is from"
-        )
 
 
 def lora_when_peft(config: RunConfig) -> tuple[str, ...]:
@@ -63,6 +44,7 @@ METHOD = register(
         about="full-parameter tuning, one block per client turn in a cycle (FedCyBGD)",
         # No downlink_codec: the download is compressed by [cybgd] (drop, prune, delta sync).
         reads=("cybgd", "uplink_codec", "codec", "federation"),
+        section=("cybgd", CybgdConfig),
         reads_when=lora_when_peft,
         server=build_server,
         client={"": client.train},

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedpress.config import CybgdConfig, RunConfig
+from fedpress.config import RunConfig
 from fedpress.memory import training_memory
 from fedpress.methods.fedcybgd.blocks import Block, BlockLayout, find_blocks, without_layers
+from fedpress.methods.fedcybgd.settings import CybgdConfig
 from fedpress.task import LoraTask, build_task
 from fedpress.training import Encoded, TrainResult, train_steps
 
