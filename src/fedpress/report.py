@@ -508,7 +508,7 @@ def plot_costs(results: list[VariantResult], path: Path) -> None:
     ys = list(range(len(names)))
     bars = ax_mem.barh(ys, mem, color="tab:purple")
     ax_mem.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
-    ax_mem.set_xlabel("client peak memory, MB")
+    ax_mem.set_xlabel("client peak memory, weights included, MB")
     ax_mem.set_yticks(ys, names)
     ax_mem.invert_yaxis()
     width = 0.4
