@@ -260,6 +260,11 @@ def main() -> None:
         [("arch", "autoencoder"), ("cos", "val cosine"), ("snr_db", "val SNR dB")]
         + [(f"n{s:g}", f"sigma {s:g}: cos / SNR dB") for s in (5e-5, 5e-4, 5e-3, 5e-2, 5e-1)],
     )
+    if any(str(r.get("row", "")).endswith("+dp") for r in rows):
+        table += (
+            '\n\n+dp: the epsilon covers the FAF uploads (dp_covers = ["faf"]); its '
+            "autoencoder was trained on these clients' TGAP snapshots, which it does not cover."
+        )
     full = (
         table + "\n\nReconstruction on the TGAP validation snapshots (per-element means) and "
         "under Gaussian noise added to the update:\n\n" + snr
