@@ -377,7 +377,7 @@ def run_federation(
         final.loss,
         final.accuracy,
         final.examples,
-        server.summary_extra(),
+        {**server.summary_extra(), "final_eval_s": final.seconds},
         weights_file=server.weights_file,
     )
 

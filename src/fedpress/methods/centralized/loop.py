@@ -94,6 +94,6 @@ def run_local(
         final.loss,
         final.accuracy,
         final.examples,
-        extra() if extra else None,
+        {**(extra() if extra else {}), "final_eval_s": final.seconds},
         weights_file=weights_file,
     )
