@@ -3,8 +3,10 @@ only B is trained, sent and averaged.
 
 With A shared and fixed, the mean of the clients' B changes is exactly the change the mean of
 their full LoRA products would make (B A is linear in B), so aggregation is exact, and the
-uplink carries half of LoRA-FedAvg's numbers. Server and client are LoRA-FedAvg's, on a task
-whose trainable "adapter" is the B matrices; every process builds the same A from the seed.
+uplink carries only the B numbers: half where every projection is square, 0.40 of
+LoRA-FedAvg's bytes on SmolLM2's q/k/v/o (docs/compare_ffa_lora_sst2.md). Server and client
+are LoRA-FedAvg's, on a task whose trainable "adapter" is the B matrices; every process
+builds the same A from the seed.
 """
 
 from __future__ import annotations
