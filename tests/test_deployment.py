@@ -1,6 +1,7 @@
 """The same ServerApp/ClientApp on Flower's deployment engine: a real SuperLink and two real
-SuperNodes on loopback, each SuperNode with its partition in --node-config. After two complete
-rounds one SuperNode is killed: the third round completes with the other client alone."""
+SuperNodes on loopback, each naming the data file and its part in --node-config (the helper's
+default). After two complete rounds one SuperNode is killed: the third round completes with
+the other client alone. Nodes with their own files: test_cross_silo.py."""
 
 import json
 import os
@@ -74,48 +75,3 @@ def test_two_rounds_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert all(r["clients_ok"] == 2 and r["bytes_up"] > 0 for r in rounds[1:3])
     assert (rounds[3]["clients_ok"], rounds[3]["clients_failed"]) == (1, 1)
-
-
-@pytest.mark.parametrize(
-    "method_args",
-    [
-        # Delta sync: each node's copy of the model lives in Context.state, which the
-        # deployment engine keeps while it starts a new ClientApp process for every message.
-        ["method=fedcybgd", "cybgd.delta_sync=true", "cybgd.prune_ratio=0.5"],
-        # TGAP (train.tgap messages, snapshots from each node's D1 share), then FAF.
-        ["method=cg-fedllm", "autoencoder.train_steps=5", "autoencoder.snapshots=2"],
-    ],
-    ids=["fedcybgd-delta-sync", "cg-fedllm-tgap"],
-)
-def test_methods_with_client_state_complete_on_the_deployment_engine(tmp_path, method_args):
-    config = load_config(
-        None,
-        [
-            "model=tiny-llama",
-            "num_clients=2",
-            "rounds=2",
-            "train.local_steps=1",
-            "data.builtin_size=300",
-            "eval.per_round_examples=20",
-            "federation.round_timeout_s=240",
-            *method_args,
-        ],
-    )
-    config_path = tmp_path / "run.toml"
-    config.save(config_path)
-    out = tmp_path / "out"
-    result = launch_local_deployment(
-        REPO / "deploy", config_path, out, num_supernodes=2, timeout_s=600, check=False
-    )
-    assert result.returncode == 0, f"{result.status}: {result.stdout[-3000:]}"
-    summary = json.loads((out / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert summary["clients_failed_total"] == 0
-    assert all(r["clients_failed"] == 0 and r["clients_ok"] > 0 for r in rounds[1:])
-    if config.method == "fedcybgd":
-        assert summary["turns_failed"] == 0
-        # Round 2's downloads are deltas to what each node kept: far below the whole model.
-        assert summary["download_bytes_per_turn"]["later_mean"] < summary["full_model_bytes"]
-    else:
-        assert summary["tgap_in_run"] and summary["tgap_snapshots"] == 2 * 2

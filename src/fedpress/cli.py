@@ -133,6 +133,14 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     local.add_argument("config", help="fedpress run TOML")
     local.add_argument("--out", help="output folder (default: runs/deployed-<time>)")
     local.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
+    local.add_argument(
+        "--node",
+        action="append",
+        metavar="NODE_CONFIG",
+        help="one SuperNode's own data, as its --node-config: 'data-path=\"a.json\"' (optional "
+        "data-format, eval-path, model-path); once per node (default: every node keeps part of "
+        "the config's data.source)",
+    )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -191,6 +199,11 @@ def _deploy_local(args: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parents[2] / "deploy"
     if not (app / "pyproject.toml").is_file():
         raise FedpressError(f"the Flower app bundle is not at {app} (run from a source checkout)")
+    node_configs = None
+    if args.node:
+        from flwr.common.config import parse_config_args
+
+        node_configs = [parse_config_args([text]) for text in args.node]
     try:
         result = launch_local_deployment(
             app,
@@ -199,6 +212,7 @@ def _deploy_local(args: argparse.Namespace) -> int:
             num_supernodes=config.num_clients,
             timeout_s=args.timeout,
             echo=True,
+            node_configs=node_configs,
         )
     except DeploymentError as exc:
         raise FedpressError(f"local deployment failed: {str(exc).splitlines()[0]}") from None

@@ -111,6 +111,9 @@ class EvalConfig:
     # Eval examples scored after each round (a fixed subset); the full split at the end.
     per_round_examples: int = 100
     batch_size: int = 16
+    # Federated evaluation, after each round: this share of the nodes that hold local held-out
+    # data (deployed nodes with `eval-path`) score the global model on it; 0 = off.
+    federated_fraction: float = 1.0
 
 
 @dataclass
@@ -210,6 +213,8 @@ class RunConfig:
                 f"config key 'data.eval_size' must be >= 1 (0 = all of data.eval_source, "
                 f"when one is set), got {self.data.eval_size}"
             )
+        if not 0.0 <= self.eval.federated_fraction <= 1.0:
+            raise FedpressError("config key 'eval.federated_fraction' must be in [0, 1]")
         if not 0.0 < self.federation.fraction_train <= 1.0:
             raise FedpressError("config key 'federation.fraction_train' must be in (0, 1]")
         if not 0.0 <= self.data.holdout_fraction < 1.0:

@@ -13,7 +13,7 @@ import io
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +83,10 @@ def load_classification_tsv(
                 label = int(row["label"])
                 word = label_words[label]
             except (ValueError, IndexError, TypeError):
+                # No cell content in the message: on a node it reaches the server.
                 raise FedpressError(
-                    f"{path}:{row_number}: label {row['label']!r} is not an index into "
-                    f"label_words {list(label_words)}"
+                    f"{path}:{row_number}: the label is not an index into "
+                    f"label_words ({len(label_words)} words)"
                 ) from None
             prompt = template.format(text=row["sentence"].strip())
             examples.append(Example(prompt, f" {word}", choices, word))
@@ -323,3 +324,46 @@ def split_fraction(indices: list[int], fraction: float, seed: int) -> tuple[list
     random.Random(seed).shuffle(order)
     cut = int(round(len(order) * fraction))
     return sorted(order[:cut]), sorted(order[cut:])
+
+
+# --- a node's own data (deployment) --------------------------------------------------------
+
+
+@dataclass
+class NodeData:
+    """What one node trains and scores on: its share (FAF's D2), its set-aside part (TGAP's
+    D1) and its local held-out examples (federated evaluation; empty without any)."""
+
+    share: list[Example]
+    holdout: list[Example]
+    eval_examples: list[Example]
+
+
+def node_data(
+    data: DataConfig,
+    seed: int,
+    path: str,
+    fmt: str = "",
+    eval_path: str = "",
+    part: tuple[int, int] | None = None,
+) -> NodeData:
+    """A node's own file (and optional held-out file), read with the run's data settings.
+
+    `part` = (partition id, partitions): keep that part of the file, split exactly as the
+    simulation splits `data.source` (the one-machine helper gives every node the same file);
+    without it the node trains on its whole file."""
+    local = replace(data, source=path, format=fmt or data.format, eval_source=eval_path)
+    if part is not None:
+        index, parts = part
+        splits = build_splits(local, parts, seed)
+        evals = splits.eval_examples if eval_path else []
+        return NodeData(splits.client_shares[index], splits.client_holdouts[index], evals)
+    examples = load_examples(path, local, seed)
+    if data.max_train_examples and len(examples) > data.max_train_examples:
+        examples = random.Random(seed).sample(examples, data.max_train_examples)
+    holdout, share = split_fraction(list(range(len(examples))), data.holdout_fraction, seed)
+    evals = load_examples(eval_path, local, seed + 1) if eval_path else []
+    if data.eval_size and len(evals) > data.eval_size:
+        kept = random.Random(seed + 1).sample(range(len(evals)), data.eval_size)
+        evals = [evals[i] for i in sorted(kept)]
+    return NodeData([examples[i] for i in share], [examples[i] for i in holdout], evals)

@@ -207,11 +207,15 @@ def launch_local_deployment(
     authenticate: bool = False,
     unenrolled_supernodes: int = 0,
     expendable_supernodes: Sequence[int] = (),
+    node_configs: Sequence[Mapping[str, RunConfigValue]] | None = None,
 ) -> DeploymentResult:
     """Run the app in `app_dir` on a throw-away local SuperLink with N SuperNodes.
 
-    SuperNode `i` gets `--node-config "partition-id=i num-partitions=N"`. The run is
-    submitted with run-config overrides `config=<abs config_path>` and
+    SuperNode `i` gets `--node-config` from `node_configs[i]` (each organisation's own data:
+    `data-path`, optional `data-format`, `eval-path`, `model-path`); by default every node
+    names the config's `data.source` and keeps part `i` of it
+    (`data-path=... partition-id=i num-partitions=N`), which trains on what the simulation
+    would. The run is submitted with run-config overrides `config=<abs config_path>` and
     `out=<abs out_dir>` plus `run_config`; every key must exist in the app's
     `[tool.flwr.app.config]` or the SuperLink rejects the run.
 
@@ -219,7 +223,8 @@ def launch_local_deployment(
         app_dir: Folder with the Flower app's `pyproject.toml` (e.g. the repo's `deploy/`).
         config_path: fedpress TOML file, passed to the ServerApp as `run_config["config"]`.
         out_dir: Output folder, passed as `run_config["out"]`; created if missing.
-        num_supernodes: Number of SuperNodes (= number of partitions / clients).
+        num_supernodes: Number of SuperNodes (= number of clients); with `node_configs`,
+            its length.
         timeout_s: Wall-clock limit for the whole run, start-up included.
         run_config: Extra run-config overrides (str, int, float or bool values).
         log_dir: Where process logs go; default `<out_dir>/flower-logs`.
@@ -238,6 +243,8 @@ def launch_local_deployment(
         expendable_supernodes: Indices of SuperNodes that may die during the run (a test
             kills one to show that a vanished client costs only its own contribution);
             any other Flower process dying still fails the deployment.
+        node_configs: One node config per SuperNode (see above); None: parts of the config's
+            `data.source`.
 
     Returns:
         A `DeploymentResult`; with `check=True` only for a completed run.
@@ -246,6 +253,12 @@ def launch_local_deployment(
         DeploymentError: A process died or did not start, `flwr run` was rejected,
             the run failed (with `check=True`) or `timeout_s` passed.
     """
+    config_file = Path(config_path).expanduser().resolve()
+    if not config_file.is_file():
+        raise DeploymentError(f"fedpress config file not found: {config_file}")
+    if node_configs is None:
+        node_configs = shared_file_node_configs(config_file, num_supernodes)
+    num_supernodes = len(node_configs)
     if num_supernodes < 1:
         raise ValueError("num_supernodes must be at least 1")
     if authenticate and tls_dir is None:
@@ -258,9 +271,6 @@ def launch_local_deployment(
     app_path = Path(app_dir).expanduser().resolve()
     if not (app_path / "pyproject.toml").is_file():
         raise DeploymentError(f"No pyproject.toml in Flower app folder {app_path}")
-    config_file = Path(config_path).expanduser().resolve()
-    if not config_file.is_file():
-        raise DeploymentError(f"fedpress config file not found: {config_file}")
     out_path = Path(out_dir).expanduser().resolve()
     out_path.mkdir(parents=True, exist_ok=True)
     logs_path = Path(log_dir).expanduser().resolve() if log_dir else out_path / "flower-logs"
@@ -288,7 +298,13 @@ def launch_local_deployment(
             _enrol_supernodes([public for _, public in pairs], flwr_home, proc_env, procs)
             node_keys = [private for private, _ in pairs]
         supernodes = _start_supernodes(
-            node_keys, link, logs_path, proc_env, startup_timeout_s, procs
+            node_keys,
+            [node_config_arg(c) for c in node_configs],
+            link,
+            logs_path,
+            proc_env,
+            startup_timeout_s,
+            procs,
         )
         for index, supernode in enumerate(supernodes):
             (expendables if index in expendable_supernodes else procs).append(supernode)
@@ -456,8 +472,29 @@ def _start_superlink(
     raise AssertionError("unreachable")
 
 
+def shared_file_node_configs(
+    config_file: Path, count: int
+) -> list[dict[str, RunConfigValue]]:
+    """Node configs that give node `i` part `i` of the config's `data.source` (one machine,
+    one file: what the simulation trains on, through the deployment's node-local data)."""
+    from fedpress.config import load_config
+
+    source = load_config(str(config_file)).data.source
+    if not source.startswith("builtin:") and Path(source).expanduser().exists():
+        source = str(Path(source).expanduser().resolve())
+    return [
+        {"data-path": source, "partition-id": i, "num-partitions": count} for i in range(count)
+    ]
+
+
+def node_config_arg(config: Mapping[str, RunConfigValue]) -> str:
+    """A node config as `flower-supernode --node-config` reads it: `key=<TOML value>` pairs."""
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
+
+
 def _start_supernodes(
     keys: Sequence[Path | None],
+    node_configs: Sequence[str],
     link: _Link,
     logs_path: Path,
     env: Mapping[str, str],
@@ -467,16 +504,15 @@ def _start_supernodes(
     """Start one SuperNode per entry of `keys` (its auth private key or None) and wait
     until each has connected to the SuperLink."""
     nodes: list[_Proc] = []
-    n = len(keys)
     try:
-        for i, key in enumerate(keys):
+        for i, (key, node_config) in enumerate(zip(keys, node_configs, strict=True)):
             nodes.append(
                 _start_supernode(
                     f"supernode-{i}",
                     link,
                     logs_path,
                     env,
-                    node_config=f"partition-id={i} num-partitions={n}",
+                    node_config=node_config,
                     private_key=key,
                 )
             )

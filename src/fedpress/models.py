@@ -115,7 +115,7 @@ def smollm2_folder() -> Path:
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     source = smollm2_folder() if name in TINY_MODELS or name == SMOLLM2_ALIAS else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise FedpressError(f"cannot load tokenizer for model '{name}' offline: {exc}") from None
     if tokenizer.pad_token_id is None:
@@ -156,7 +156,8 @@ def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         return model.to(device=placement.device, dtype=placement.dtype)
     source: str | Path = smollm2_folder() if name == SMOLLM2_ALIAS else name
-    kwargs: dict = {"dtype": placement.dtype}
+    # Weights only from safetensors (no pickle) and never code shipped with a model.
+    kwargs: dict = {"dtype": placement.dtype, "use_safetensors": True, "trust_remote_code": False}
     if runtime.quantize != "none":
         kwargs["quantization_config"] = _quantization_config(runtime, placement)
         kwargs["device_map"] = {"": 0}
@@ -265,6 +266,21 @@ def load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def cached_hub_model(name: str) -> Path | None:
+    """The local snapshot folder of a Hugging Face model id already in the offline cache, or
+    None; never a download, and never `name` read as a path."""
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or ".." in name:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 def config_of(name: str) -> PretrainedConfig:

@@ -44,6 +44,8 @@ BUILTIN = (
     "centralized",
 )
 
+EVALUATE = "evaluate"  # the client phase Flower's evaluate messages go to
+
 ClientHandler = Callable[["Message", "Context", "RunConfig"], "Message"]
 
 
@@ -63,7 +65,8 @@ class Method:
     # Federated: builds the server side (fedpress.flower.loop.FederatedServer) from
     # (config, out_dir, parallel_clients).
     server: Callable[..., Any] | None = None
-    # Federated: the client handlers by phase; "" is the method's ordinary training turn.
+    # Federated: the client handlers by phase; "" is the method's ordinary training turn,
+    # EVALUATE scores the global model on a node's local held-out data (federated evaluation).
     client: Mapping[str, ClientHandler] = field(default_factory=dict)
     # Local references: run(config, out_dir, resume) -> summary.
     local: Callable[[RunConfig, Path, bool], dict[str, Any]] | None = None
@@ -73,6 +76,9 @@ class Method:
     reads_when: Callable[[RunConfig], tuple[str, ...]] | None = None
     # Short description of a finished run's codecs for reports, from its config dict.
     codec_label: Callable[[dict[str, Any]], str] | None = None
+    # Keys (dotted) naming files only the server opens (an autoencoder checkpoint): a deployed
+    # server sends nodes a placeholder instead of the path.
+    server_files: tuple[str, ...] = ()
 
     @property
     def federated(self) -> bool:

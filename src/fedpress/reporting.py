@@ -45,6 +45,15 @@ class RoundRecord:
     orchestration_s: float = 0.0
     cum_bytes_up: int = 0
     cum_bytes_down: int = 0
+    # Federated evaluation: nodes' own held-out data, example-weighted (None: no node scored).
+    # Its messages are counted here, not in bytes_up/bytes_down (training traffic).
+    fed_eval_loss: float | None = None
+    fed_eval_accuracy: float | None = None
+    fed_eval_examples: int = 0
+    fed_eval_nodes: int = 0
+    fed_eval_failed: int = 0
+    fed_eval_bytes_down: int = 0
+    fed_eval_bytes_up: int = 0
 
 
 class RunRecorder:

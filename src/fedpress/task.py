@@ -7,7 +7,7 @@ them. Building is expensive (model load, tokenisation), so each process keeps th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -32,9 +32,17 @@ class LoraTask:
     config: RunConfig
     model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
-    splits: DataSplits
     device: torch.device
     initial_adapter: dict[str, torch.Tensor]  # the seeded round-0 adapter every process agrees on
+    _splits: DataSplits | None = field(default=None, repr=False)
+
+    @property
+    def splits(self) -> DataSplits:
+        """The run's data splits of `data.source`, read on first use: a deployed node with its
+        own data never reads the server's."""
+        if self._splits is None:
+            self._splits = build_splits(self.config.data, self.config.num_clients, self.config.seed)
+        return self._splits
 
     @property
     def pad_id(self) -> int:
@@ -96,8 +104,5 @@ def build_task(config: RunConfig) -> LoraTask:
             config.train.gradient_checkpointing,
         )
         model.eval()
-        splits = build_splits(config.data, config.num_clients, config.seed)
-        _CACHE[key] = LoraTask(
-            config, model, tokenizer, splits, placement.device, adapter_state(model)
-        )
+        _CACHE[key] = LoraTask(config, model, tokenizer, placement.device, adapter_state(model))
     return _CACHE[key]

@@ -1,10 +1,11 @@
 """ClientApp: one for every method. The run config arrives once, with the server's first
-message (a query: which partition does this node hold?), and is kept in `Context.state`;
+message (a query: which client number does this node take?), and is kept in `Context.state`;
 each train message goes to the handler the method registered for its phase
-(`train` for the ordinary turn, `train.<phase>` for others, such as CG-FedLLM's TGAP).
+(`train` for the ordinary turn, `train.<phase>` for others, such as CG-FedLLM's TGAP), and
+evaluate messages (federated evaluation) to its `evaluate` phase.
 
-The partition comes from the node's config (`partition-id`, `num-partitions`: set by the
-simulation engine, or by `flower-supernode --node-config` in a deployment).
+The data comes from the node's config: `data-path` (a deployed node's own file, see
+`fedpress.flower.node`) or `partition-id`/`num-partitions` (set by the simulation engine).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ def train(msg: Message, context: Context) -> Message:
 
 def _register_phases() -> None:
     """A named train handler for every phase some method declares."""
-    phases = {phase for method in registry.all_methods() for phase in method.client if phase}
+    phases = {
+        phase
+        for method in registry.all_methods()
+        for phase in method.client
+        if phase and phase != registry.EVALUATE
+    }
     for phase in sorted(phases):
 
         def handler(msg: Message, context: Context, phase: str = phase) -> Message:
@@ -46,17 +52,24 @@ def _register_phases() -> None:
 _register_phases()
 
 
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return _handle(registry.EVALUATE, msg, context)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Keep the run config; tell the server which partition this node holds."""
+    """Keep the run config; tell the server which client number this node takes and whether
+    it holds local held-out data. Its data is read when it first trains (a bad file fails
+    that reply, which the server counts, not the connection)."""
     node.remember_config(msg, context)
     node_config = context.node_config
-    if "partition-id" not in node_config:
-        raise ValueError("this SuperNode has no 'partition-id' in its --node-config")
+    config = node.received_config(context)
     info = MetricRecord(
         {
-            "partition-id": int(node_config["partition-id"]),
+            "partition-id": node.partition_id(context, config),
             "num-partitions": int(node_config.get("num-partitions", -1)),
+            "has-eval": int("eval-path" in node_config),
         }
     )
     return Message(RecordDict({protocol.NODE_INFO: info}), reply_to=msg)

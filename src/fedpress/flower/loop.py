@@ -27,6 +27,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
+from fedpress import registry
 from fedpress.accounting import message_nbytes, stopwatch
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.codecs import PayloadError
@@ -163,6 +164,15 @@ class FederatedServer:
     def summary_extra(self) -> dict[str, Any]:
         return {}
 
+    def evaluation_content(self, server_round: int) -> RecordDict:
+        """What a node scores in federated evaluation: the whole global state."""
+        return RecordDict(
+            {
+                protocol.GLOBAL_ADAPTER: protocol.tensors_to_record(self.global_state()),
+                protocol.INSTRUCTIONS: ConfigRecord({protocol.SERVER_ROUND: server_round}),
+            }
+        )
+
     # -- shared reply checks
     def accept(self, server_round: int, exchange: Any, reply: Message) -> Accepted:
         if reply.has_error():
@@ -209,22 +219,52 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
         time.sleep(1.0)
 
 
-def connect(grid: Grid, config: RunConfig, stats: RoundStats) -> dict[int, int]:
-    """Hand every node the run config (once per run; it keeps it in Context.state) and learn
-    which data partition it holds. These messages are counted in round 0's bytes."""
+def config_for_nodes(config: RunConfig) -> RunConfig:
+    """The run config a deployed server sends: no path of the server's machine. Nodes read
+    their own data (`data-path`), resolve the model by name, and never see the server's files
+    (an autoencoder checkpoint)."""
+    raw = config.to_dict()
+    raw["data"]["source"] = protocol.NODE_LOCAL
+    if raw["data"]["eval_source"]:
+        raw["data"]["eval_source"] = protocol.NODE_LOCAL
+    model = Path(config.model).expanduser()
+    if model.exists():
+        raw["model"] = model.resolve().name
+    for key in registry.get(config.method).server_files:
+        section, name = key.split(".")
+        if raw[section][name]:
+            raw[section][name] = protocol.SERVER_ONLY
+    return RunConfig.from_dict(raw)
+
+
+@dataclass
+class Nodes:
+    """The connected nodes: node id -> client number, and which hold local held-out data."""
+
+    partitions: dict[int, int]
+    with_eval: set[int] = field(default_factory=set)
+
+
+def connect(grid: Grid, config: RunConfig, stats: RoundStats, sent: RunConfig) -> Nodes:
+    """Hand every node the run config `sent` (once per run; it keeps it in Context.state) and
+    learn which client number it takes: its partition id, or the number offered here (a node
+    with only its own data). These messages are counted in round 0's bytes."""
     timeout = config.federation.connect_timeout_s
     node_ids = wait_for_nodes(grid, config.num_clients, timeout)
-    setup = ConfigRecord({protocol.RUN_CONFIG: config.to_json()})
+    text = sent.to_json()
     questions = [
         Message(
-            content=RecordDict({protocol.INSTRUCTIONS: setup}),
+            content=RecordDict(
+                {protocol.INSTRUCTIONS: ConfigRecord({protocol.RUN_CONFIG: text, protocol.SLOT: i})}
+            ),
             message_type=MessageType.QUERY,
             dst_node_id=n,
         )
-        for n in node_ids
+        for i, n in enumerate(node_ids)
     ]
     stats.bytes_down.extend(message_nbytes(q) for q in questions)
     partitions: dict[int, int] = {}
+    with_eval: set[int] = set()
     for reply in grid.send_and_receive(questions, timeout=timeout):
         stats.bytes_up.append(message_nbytes(reply))
         node = reply.metadata.src_node_id
@@ -240,12 +280,80 @@ def connect(grid: Grid, config: RunConfig, stats: RoundStats) -> dict[int, int]:
             log.warning("node %d claims partition %d, already taken; left out", node, partition)
             continue
         partitions[node] = partition
+        if reply.content.metric_records[protocol.NODE_INFO].get("has-eval"):
+            with_eval.add(node)
     if len(partitions) < config.federation.min_replies:
         raise FedpressError(
             f"only {len(partitions)} nodes reported a valid partition; "
             f"federation.min_replies = {config.federation.min_replies}"
         )
-    return partitions
+    return Nodes(partitions, with_eval)
+
+
+class FederatedEvaluation:
+    """Nodes score the global model on their own held-out data (`eval-path`); the server
+    aggregates loss and accuracy weighted by their example counts, into the round's record.
+    A node that fails is logged and counted; its figures are left out."""
+
+    def __init__(self, config: RunConfig, with_eval: set[int]) -> None:
+        method = registry.get(config.method)
+        fraction = config.eval.federated_fraction
+        self.nodes = sorted(with_eval) if registry.EVALUATE in method.client and fraction else []
+        self.count = max(1, round(len(self.nodes) * fraction)) if self.nodes else 0
+        self.rng = random.Random(config.seed + 17)
+        self.timeout = config.federation.round_timeout_s
+
+    def run(
+        self, grid: Grid, server: FederatedServer, server_round: int, record: RoundRecord
+    ) -> None:
+        if not self.nodes:
+            return
+        chosen = sorted(self.rng.sample(self.nodes, self.count))
+        content = server.evaluation_content(server_round)
+        messages = [
+            Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node)
+            for node in chosen
+        ]
+        record.fed_eval_bytes_down = sum(message_nbytes(m) for m in messages)
+        loss = correct = examples = scored = 0.0
+        ok = 0
+        for reply in grid.send_and_receive(messages, timeout=self.timeout):
+            record.fed_eval_bytes_up += message_nbytes(reply)
+            node = reply.metadata.src_node_id
+            try:
+                figures = _eval_figures(reply)
+            except InvalidReply as exc:
+                log.warning("round %d: evaluation on node %d failed: %s", server_round, node, exc)
+                continue
+            ok += 1
+            n, node_loss, accuracy = figures
+            examples += n
+            loss += node_loss * n
+            if accuracy >= 0:
+                correct += accuracy * n
+                scored += n
+        record.fed_eval_nodes = ok
+        record.fed_eval_failed = len(chosen) - ok
+        if examples:
+            record.fed_eval_examples = int(examples)
+            record.fed_eval_loss = loss / examples
+            record.fed_eval_accuracy = correct / scored if scored else None
+
+
+def _eval_figures(reply: Message) -> tuple[float, float, float]:
+    """(examples, mean loss, accuracy or -1) from a federated-evaluation reply, checked."""
+    if reply.has_error():
+        raise InvalidReply(f"client failed: {reply.error.reason}")
+    if protocol.EVAL_METRICS not in reply.content.metric_records:
+        raise InvalidReply(f"no '{protocol.EVAL_METRICS}' record")
+    metrics = reply.content.metric_records[protocol.EVAL_METRICS]
+    values = [metrics.get(k) for k in ("eval-examples", "eval-loss", "eval-accuracy")]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise InvalidReply(f"invalid evaluation figures {values!r}")
+    n, loss, accuracy = (float(v) for v in values)
+    if n < 1 or loss < 0 or accuracy > 1:
+        raise InvalidReply(f"invalid evaluation figures {values!r}")
+    return n, loss, accuracy
 
 
 def parallel_slots(config: RunConfig) -> int:
@@ -293,9 +401,14 @@ class Sampler:
 
 
 def run_federation(
-    grid: Grid, server: FederatedServer, parallel_clients: int, resume: bool = False
+    grid: Grid,
+    server: FederatedServer,
+    parallel_clients: int,
+    resume: bool = False,
+    deployed: bool = False,
 ) -> dict[str, Any]:
-    """The whole federated run; the summary of `summary.json`."""
+    """The whole federated run; the summary of `summary.json`. `deployed`: nodes bring their
+    own data and the messages carry no path (`config_for_nodes`)."""
     config, task, out_dir = server.config, server.task, server.out_dir
     sampler = Sampler(config)
     checkpoint = load_checkpoint(out_dir) if resume else None
@@ -315,7 +428,11 @@ def run_federation(
     # Connecting costs messages too: round 0's, or the first resumed round's.
     setup_round = 0 if first_round == 1 else first_round
     setup_stats = server.stats.setdefault(setup_round, RoundStats(started=time.perf_counter()))
-    server.partitions = connect(grid, config, setup_stats)
+    sent = config_for_nodes(config) if deployed else config
+    (out_dir / "sent_run_config.json").write_text(sent.to_json())
+    nodes = connect(grid, config, setup_stats, sent)
+    server.partitions = nodes.partitions
+    evaluators = FederatedEvaluation(config, nodes.with_eval)
     server.prepare(grid, resume)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
     grid = ProgressGrid(grid, "exchange")
@@ -328,6 +445,7 @@ def run_federation(
         result = task.evaluate(eval_subset)
         stats = server.stats.get(server_round, RoundStats())
         record = round_record(server_round, stats, result, parallel_clients)
+        evaluators.run(grid, server, server_round, record)
         recorder.log_round(record)
         progress.set_postfix_str(_postfix(record))
 

@@ -1,5 +1,13 @@
-"""What every client does whatever its method: know the run, its partition, its data share,
+"""What every client does whatever its method: know the run, its data, the model it may load,
 the global state it holds, and its uplink codec's state.
+
+Two ways a node gets its data. On a deployed node, from its own node config
+(`flower-supernode --node-config 'data-path="/srv/notes.json"'`, optional `data-format`,
+`eval-path`, and `partition-id`/`num-partitions` to keep one part of the file): the server's
+messages name no file, and the node never opens a path it was not given locally. On the
+simulation engine, from the node config Flower builds (`partition-id`, `num-partitions`): that
+partition of the run's `data.source`. The base model is the node's to choose on a deployed node
+too: its `model-path`, or a built-in alias, or a model in its offline Hugging Face cache.
 
 Everything a node must remember between messages lives in Flower's `Context.state`, which
 Flower keeps per node for the whole run, also when the deployment engine starts a new
@@ -9,34 +17,78 @@ ClientApp process for every message. Module-level caches here only save recomput
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
+from fedpress.data import NodeData, node_data
+from fedpress.errors import FedpressError
 from fedpress.flower import protocol
 from fedpress.memory import training_memory
 from fedpress.task import LoraTask
-from fedpress.training import Encoded, TrainResult
+from fedpress.training import Encoded, EvalResult, TrainResult
 
-_encoded_shares: dict[tuple[str, int], list[Encoded]] = {}
+log = logging.getLogger("fedpress")
+
+_encoded_shares: dict[tuple, list[Encoded]] = {}
 
 
 def remember_config(msg: Message, context: Context) -> None:
-    """Keep the run config the server sends once per run (with its first message)."""
+    """Keep the run config the server sends once per run (with its first message), and the
+    client number it offers a node that has no partition id."""
     instructions = msg.content.config_records.get(protocol.INSTRUCTIONS)
     if instructions is not None and protocol.RUN_CONFIG in instructions:
-        context.state[protocol.RUN_CONFIG] = ConfigRecord(
-            {protocol.RUN_CONFIG: str(instructions[protocol.RUN_CONFIG])}
-        )
+        kept = {protocol.RUN_CONFIG: str(instructions[protocol.RUN_CONFIG])}
+        if protocol.SLOT in instructions:
+            kept[protocol.SLOT] = int(instructions[protocol.SLOT])
+        context.state[protocol.RUN_CONFIG] = ConfigRecord(kept)
 
 
-def run_config(context: Context) -> RunConfig:
-    """The run config this node received when the run started."""
+def received_config(context: Context) -> RunConfig:
+    """The run config as the server sent it when the run started."""
     if protocol.RUN_CONFIG not in context.state.config_records:
         raise ValueError("no run config: the server did not start this run with this node")
     text = str(context.state.config_records[protocol.RUN_CONFIG][protocol.RUN_CONFIG])
     return RunConfig.from_json(text)
+
+
+def run_config(context: Context) -> RunConfig:
+    """The run config this node works with: the server's, with the model this node loads
+    (`node_model`; a refusal fails the message that needed the model)."""
+    config = received_config(context)
+    return dataclasses.replace(config, model=node_model(context, config))
+
+
+def has_local_data(context: Context) -> bool:
+    return "data-path" in context.node_config
+
+
+def node_model(context: Context, config: RunConfig) -> str:
+    """What this node loads for the model the server names.
+
+    The node config's `model-path` wins. A node with local data (a deployed node) otherwise
+    accepts only a built-in alias or a model already in its offline Hugging Face cache, never a
+    path: the server's name is only a name. On the simulation engine the server's choice holds
+    (one machine, one config)."""
+    from fedpress.models import SMOLLM2_ALIAS, TINY_MODELS, cached_hub_model
+
+    own = context.node_config.get("model-path")
+    if own:
+        return str(own)
+    if not has_local_data(context) or config.model in (SMOLLM2_ALIAS, *TINY_MODELS):
+        return config.model
+    cached = cached_hub_model(config.model)
+    if cached is None:
+        log.error("refused model %r: neither model-path nor in the cache", config.model)
+        raise ValueError(
+            f"this node does not have model '{config.model}': set model-path in its "
+            "--node-config, or put the model in its offline Hugging Face cache"
+        )
+    return str(cached)
 
 
 def use_threads(config: RunConfig) -> None:
@@ -44,9 +96,17 @@ def use_threads(config: RunConfig) -> None:
 
 
 def partition_id(context: Context, config: RunConfig) -> int:
+    """This node's client number: its partition id, or (a node with only its own data) the
+    number the server offered when the run started."""
     node_config = context.node_config
     if "partition-id" not in node_config:
-        raise ValueError("this SuperNode has no 'partition-id' in its --node-config")
+        if has_local_data(context):
+            kept = context.state.config_records.get(protocol.RUN_CONFIG)
+            if kept is not None and protocol.SLOT in kept:
+                return int(kept[protocol.SLOT])
+        raise ValueError(
+            "this SuperNode has neither 'data-path' nor 'partition-id' in its --node-config"
+        )
     partition = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", config.num_clients))
     if num_partitions != config.num_clients or not 0 <= partition < num_partitions:
@@ -57,12 +117,60 @@ def partition_id(context: Context, config: RunConfig) -> int:
     return partition
 
 
-def share(task: LoraTask, partition: int) -> list[Encoded]:
+def own_data(context: Context, config: RunConfig, task: LoraTask) -> NodeData:
+    """This node's examples: its own files, or its partition of the run's data."""
+    node_config = context.node_config
+    if not has_local_data(context):
+        if config.data.source == protocol.NODE_LOCAL:
+            raise ValueError(
+                "the server expects every node to bring its data: start this SuperNode with "
+                "--node-config 'data-path=\"/path/to/file\"'"
+            )
+        partition = partition_id(context, config)
+        splits = task.splits
+        return NodeData(splits.client_shares[partition], splits.client_holdouts[partition], [])
+    path, eval_path = str(node_config["data-path"]), str(node_config.get("eval-path", ""))
+    part = None
+    if "partition-id" in node_config:
+        part = (partition_id(context, config), int(node_config.get("num-partitions", 1)))
+    try:
+        return node_data(
+            config.data, config.seed, path, str(node_config.get("data-format", "")), eval_path, part
+        )
+    except FedpressError as exc:
+        # Logged here in full; the reply names neither the node's paths nor file content.
+        log.error("local data: %s", exc)
+        reason = str(exc).replace(eval_path or "\0", "eval-path").replace(path, "data-path")
+        raise ValueError(f"this node's data: {reason}") from None
+
+
+def share(context: Context, config: RunConfig, task: LoraTask) -> list[Encoded]:
     """This node's tokenised training share (kept: tokenising is slow, the share never changes)."""
-    key = (task.config.to_json(), partition)
+    encoded = _encoded(context, config, task, "share")
+    if len(encoded) < config.train.batch_size:
+        raise ValueError(
+            f"this node's data has {len(encoded)} training examples; a round trains on batches "
+            f"of {config.train.batch_size} (train.batch_size): it needs at least that many"
+        )
+    return encoded
+
+
+def holdout(context: Context, config: RunConfig, task: LoraTask) -> list[Encoded]:
+    """This node's set-aside part (TGAP's D1), tokenised."""
+    return _encoded(context, config, task, "holdout")
+
+
+def local_eval(context: Context, config: RunConfig, task: LoraTask) -> list[Encoded]:
+    """This node's held-out examples (`eval-path`), tokenised; empty without one."""
+    return _encoded(context, config, task, "eval_examples")
+
+
+def _encoded(context: Context, config: RunConfig, task: LoraTask, part: str) -> list[Encoded]:
+    key = (config.to_json(), tuple(sorted(context.node_config.items())), part)
     if key not in _encoded_shares:
-        _encoded_shares.clear()
-        _encoded_shares[key] = task.encode_all(task.splits.client_shares[partition])
+        if len(_encoded_shares) >= 3:
+            _encoded_shares.clear()
+        _encoded_shares[key] = task.encode_all(getattr(own_data(context, config, task), part))
     return _encoded_shares[key]
 
 
@@ -129,8 +237,27 @@ def reply(
     return Message(content, reply_to=msg)
 
 
+def eval_reply(msg: Message, result: EvalResult) -> Message:
+    """The federated-evaluation reply: example count, mean loss, accuracy (-1: not scorable)."""
+    metrics = MetricRecord(
+        {
+            "eval-examples": result.examples,
+            "eval-loss": result.loss,
+            "eval-accuracy": -1.0 if result.accuracy is None else result.accuracy,
+            "eval-s": result.seconds,
+        }
+    )
+    return Message(RecordDict({protocol.EVAL_METRICS: metrics}), reply_to=msg)
+
+
 __all__ = [
+    "eval_reply",
     "encode_uplink",
+    "has_local_data",
+    "holdout",
+    "local_eval",
+    "node_model",
+    "own_data",
     "partition_id",
     "receive_global",
     "remember_config",

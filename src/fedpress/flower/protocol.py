@@ -22,10 +22,19 @@ GLOBAL_ADAPTER = "global-adapter"  # the full global adapter (downlink codec "no
 GLOBAL_DELTA = "global-delta"  # or: the encoded change since what this client holds
 INSTRUCTIONS = "instructions"
 RUN_CONFIG = "run-config"  # the resolved RunConfig as JSON: sent once, with the first query
+SLOT = "slot"  # with it: the client number a node without a partition id takes (deployment)
 SERVER_ROUND = "server-round"
 
 # Client -> server (query reply): which data partition this node holds.
 NODE_INFO = "node-info"
+
+# Server -> client (evaluate instruction) and its reply: federated evaluation.
+EVAL_METRICS = "eval-metrics"
+
+# What a deployed server sends nodes in place of a path: a node reads its own data
+# (`data-path` in its node config) and never opens a file the server named.
+NODE_LOCAL = "node-local"
+SERVER_ONLY = "server-only"
 
 # Client -> server (train reply).
 UPDATE = "update"

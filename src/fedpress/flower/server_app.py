@@ -2,7 +2,9 @@
 
 Two ways in. In the simulation engine, `make_server_app` closes over the config the CLI
 already validated. On the deployment engine, `app` reads the fedpress TOML named by the
-run config key `config` (set in deploy/pyproject.toml or with `flwr run --run-config`).
+run config key `config` (set in deploy/pyproject.toml or with `flwr run --run-config`); there
+every node brings its own data (`data-path` in its node config) and the server's `data.source`
+is only its own evaluation data.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ Entry = Callable[[Grid, RunConfig, Path], dict[str, Any]]
 
 
 def run_method(
-    grid: Grid, config: RunConfig, out_dir: Path, parallel_clients: int, resume: bool = False
+    grid: Grid,
+    config: RunConfig,
+    out_dir: Path,
+    parallel_clients: int,
+    resume: bool = False,
+    deployed: bool = False,
 ) -> dict[str, Any]:
     server = registry.get(config.method).server(config, out_dir)
-    return run_federation(grid, server, parallel_clients, resume)
+    return run_federation(grid, server, parallel_clients, resume, deployed)
 
 
 def make_server_app(
@@ -66,5 +73,8 @@ def main(grid: Grid, context: Context) -> None:
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     resume = bool(context.run_config.get("resume", False))
-    # On the deployment engine every client is its own machine: they all run at once.
-    run_method(grid, config, Path(out), parallel_clients=config.num_clients, resume=resume)
+    # On the deployment engine every client is its own machine (they all run at once) and
+    # brings its own data: the server sends no path.
+    run_method(
+        grid, config, Path(out), parallel_clients=config.num_clients, resume=resume, deployed=True
+    )

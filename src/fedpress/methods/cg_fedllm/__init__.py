@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from fedpress.methods.cg_fedllm import client, server, tgap
 from fedpress.methods.cg_fedllm.settings import AutoencoderConfig, check
-from fedpress.registry import Method, register
+from fedpress.methods.lora_fedavg import client as lora_client
+from fedpress.registry import EVALUATE, Method, register
 
 
 def codec_label(config: dict) -> str:
@@ -22,8 +23,13 @@ METHOD = register(
         reads=("lora", "autoencoder", "downlink_codec", "codec", "federation", "privacy"),
         section=("autoencoder", AutoencoderConfig),
         server=server.build_server,
-        client={"": client.train, tgap.PHASE: tgap.client_tgap},
+        client={
+            "": client.train,
+            EVALUATE: lora_client.evaluate,
+            tgap.PHASE: tgap.client_tgap,
+        },
         validate=check,
         codec_label=codec_label,
+        server_files=("autoencoder.checkpoint", "autoencoder.snapshots_from"),
     )
 )

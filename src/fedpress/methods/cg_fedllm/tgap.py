@@ -45,7 +45,8 @@ from fedpress.autoencoders.training import (
 from fedpress.codecs import PayloadError, build_codec, pack_payload, unpack_payload
 from fedpress.config import RunConfig
 from fedpress.flower import node, protocol
-from fedpress.task import build_task
+from fedpress.task import LoraTask, build_task
+from fedpress.training import Encoded
 
 log = logging.getLogger("fedpress")
 
@@ -61,12 +62,16 @@ def snapshot_steps(config: RunConfig) -> int:
     return config.autoencoder.snapshot_steps or config.train.local_steps
 
 
-def record_snapshots(task, partition_id: int) -> tuple[list[dict[str, torch.Tensor]], float]:  # noqa: ANN001
+def record_snapshots(
+    task: LoraTask, data: list[Encoded], partition_id: int
+) -> tuple[list[dict[str, torch.Tensor]], float]:
     """Train on this client's D1 share; the adapter change of every `snapshot_steps` steps."""
     config: RunConfig = task.config
-    data = task.encode_all(task.splits.client_holdouts[partition_id])
     if not data:
-        raise ValueError(f"partition {partition_id} has no D1 (holdout) examples for TGAP")
+        raise ValueError(
+            "this node has no D1 (holdout) examples for TGAP: data.holdout_fraction is 0 or its "
+            "data too small"
+        )
     task.set_adapter(task.initial_adapter)
     steps = snapshot_steps(config)
     snapshots, losses = [], []
@@ -86,7 +91,7 @@ def client_tgap(msg: Message, context: Context, config: RunConfig) -> Message:
     task = build_task(config)
     partition_id = node.partition_id(context, config)
     started = time.perf_counter()
-    snapshots, loss = record_snapshots(task, partition_id)
+    snapshots, loss = record_snapshots(task, node.holdout(context, config, task), partition_id)
     codec = build_codec("fp16")
     shapes = task.adapter_shapes()
     record = ArrayRecord(
@@ -205,5 +210,5 @@ def run_tgap_only(grid: Grid, config: RunConfig, out_dir: Path) -> dict:
     """ServerApp entry of `fedpress tgap`: connect the nodes, then the TGAP phase alone."""
     from fedpress.flower.loop import RoundStats, connect
 
-    partitions = connect(grid, config, RoundStats())
-    return run_tgap_phase(grid, config, partitions, build_task(config), out_dir).meta
+    nodes = connect(grid, config, RoundStats(), config)
+    return run_tgap_phase(grid, config, nodes.partitions, build_task(config), out_dir).meta

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import Context, Message
-
 from fedpress.config import RunConfig
 from fedpress.methods.fed_full.task import build_full_task
 from fedpress.methods.lora_fedavg import client
@@ -26,17 +24,12 @@ def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
     return server
 
 
-def train(msg: Message, context: Context, config: RunConfig) -> Message:
-    """LoRA-FedAvg's client round on the full-parameter task."""
-    return client.train(msg, context, config, task=build_full_task(config))
-
-
 METHOD = register(
     Method(
         name="fed-full",
         about="full-parameter FedAvg: every client trains and sends the whole model",
         reads=("uplink_codec", "downlink_codec", "codec", "federation", "privacy"),
         server=build_server,
-        client={"": train},
+        client=client.handlers(build_full_task),
     )
 )

@@ -9,7 +9,6 @@ run full-parameter tuning unchanged. FedCyBGD narrows what is trainable turn by 
 from __future__ import annotations
 
 from fedpress.config import RunConfig
-from fedpress.data import build_splits
 from fedpress.models import adapter_state, load_base_model, load_tokenizer, resolve_placement
 from fedpress.task import LoraTask
 
@@ -31,8 +30,5 @@ def build_full_task(config: RunConfig) -> LoraTask:
         for param in model.parameters():
             param.requires_grad_(True)
         model.eval()
-        splits = build_splits(config.data, config.num_clients, config.seed)
-        _CACHE[key] = LoraTask(
-            config, model, tokenizer, splits, placement.device, adapter_state(model)
-        )
+        _CACHE[key] = LoraTask(config, model, tokenizer, placement.device, adapter_state(model))
     return _CACHE[key]

@@ -79,7 +79,7 @@ def train(msg: Message, context: Context, config: RunConfig) -> Message:
     if block.layer in dropped or not all(0 <= i < layout.num_layers for i in dropped):
         raise ValueError(f"cannot drop layers {dropped} when training {block.name}")
     turn = int(instructions[TURN])
-    data = node.share(task, partition)
+    data = node.share(context, config, task)
     with stopwatch() as download_codec:
         shapes = {n: tuple(t.shape) for n, t in task.initial_adapter.items()}
         base = pruning_base(config, task.initial_adapter)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import Context, Message
-
 from fedpress.config import RunConfig
 from fedpress.methods.lora_fedavg import LORA_FEDERATED_KEYS, client
 from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
@@ -38,16 +36,12 @@ def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
     return LoraFedAvgServer(config, build_ffa_task(config), out_dir)
 
 
-def train(msg: Message, context: Context, config: RunConfig) -> Message:
-    return client.train(msg, context, config, task=build_ffa_task(config))
-
-
 METHOD = register(
     Method(
         name="ffa-lora",
         about="LoRA with A frozen at its random init; only B trained and sent (FFA-LoRA)",
         reads=LORA_FEDERATED_KEYS,
         server=build_server,
-        client={"": train},
+        client=client.handlers(build_ffa_task),
     )
 )

@@ -19,6 +19,6 @@ METHOD = register(
         about="clients train LoRA; the server averages their changes (FedIT)",
         reads=LORA_FEDERATED_KEYS,
         server=server.build_server,
-        client={"": client.train},
+        client=client.handlers(),
     )
 )

@@ -12,6 +12,7 @@ from fedpress.accounting import stopwatch
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import node, protocol
+from fedpress.registry import EVALUATE
 from fedpress.task import LoraTask, Shapes, build_task
 
 # (message, context, config, shapes) -> the codec this round's change goes through.
@@ -34,7 +35,7 @@ def train(
     task = task or build_task(config)
     server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
     partition = node.partition_id(context, config)
-    data = node.share(task, partition)
+    data = node.share(context, config, task)
     with stopwatch() as download_codec:
         global_state = node.receive_global(msg, context, task)
     task.set_adapter(global_state)
@@ -60,3 +61,30 @@ def train(
         update = node.encode_uplink(context, codec, delta)
     codec_s = download_codec["s"] + upload_codec["s"]
     return node.reply(msg, update, result, memory, codec_s, partition)
+
+
+def evaluate(
+    msg: Message, context: Context, config: RunConfig, task: LoraTask | None = None
+) -> Message:
+    """Score the global state the server sent on this node's local held-out data."""
+    task = task or build_task(config)
+    data = node.local_eval(context, config, task)
+    if not data:
+        raise ValueError("this node has no held-out data (eval-path in its --node-config)")
+    task.set_adapter(protocol.record_to_tensors(msg.content[protocol.GLOBAL_ADAPTER]))
+    return node.eval_reply(msg, task.evaluate(data))
+
+
+def handlers(
+    build: Callable[[RunConfig], LoraTask] = build_task,
+) -> dict[str, Callable[[Message, Context, RunConfig], Message]]:
+    """The client phases of a LoRA-FedAvg-shaped method whose task `build` makes (FFA-LoRA's
+    B-only task, fed-full's every parameter)."""
+
+    def train_on_task(msg: Message, context: Context, config: RunConfig) -> Message:
+        return train(msg, context, config, task=build(config))
+
+    def evaluate_on_task(msg: Message, context: Context, config: RunConfig) -> Message:
+        return evaluate(msg, context, config, task=build(config))
+
+    return {"": train_on_task, EVALUATE: evaluate_on_task}
