@@ -138,6 +138,9 @@ class RunRecorder:
                 (r.client_train_mem_bytes for r in self.rounds), default=0
             ),
             "clients_failed_total": sum(r.clients_failed for r in self.rounds),
+            # Federated evaluation of the last round (nodes' own held-out data), if any.
+            "fed_eval_loss": self.rounds[-1].fed_eval_loss if self.rounds else None,
+            "fed_eval_accuracy": self.rounds[-1].fed_eval_accuracy if self.rounds else None,
             "out_dir": str(self.out_dir),
             "config": self.config.to_dict(),
             **(extra or {}),
