@@ -1,7 +1,8 @@
 """Where a run's time goes (issue 16): fedpress against references run in the same invocation.
 
-    python benchmarks/speed.py                 # everything (about 15 minutes on 2 cores)
-    python benchmarks/speed.py --skip-demo     # without the no-argument demo (about 7)
+    python benchmarks/speed.py                 # everything but the test suite (~15 min, 2 cores)
+    python benchmarks/speed.py --skip-demo     # without the no-argument demo
+    python benchmarks/speed.py --tests         # also time the quick tier and the whole suite
 
 Prints and saves `benchmarks/results/speed.{json,md}`:
 
@@ -12,8 +13,13 @@ Prints and saves `benchmarks/results/speed.{json,md}`:
   Flower's own simulation of a trivial app (the server sends each client an empty message per
   round, the client echoes it) with the same numbers of clients and rounds, for SmolLM2 and for
   tiny-llama (2 clients, 2 rounds);
-- the wall time of the tiny-llama 2 x 2 run, and of the demo (`fedpress run`, no arguments, in a
-  new process, the SmolLM2 cache already built) with its final accuracy against round 0's.
+- the wall time of the tiny-llama 2 x 2 run (and its final eval loss, which must not move
+  with speed work), and of the demo (`fedpress run`, no arguments, in a new process, the
+  SmolLM2 cache already built) with its final accuracy against round 0's;
+- parallel clients on this machine's cores: 2 SmolLM2 clients x 1 thread each (training at the
+  same time) against 1 client x 2 threads (one after the other), same steps; the time of
+  round 2 (no model loads in it) is compared;
+- with `--tests`: the wall time of `pytest -m "not slow"` and of the whole suite (`pytest`).
 
 Ratios compare figures taken in this one invocation, on this machine, under the same load.
 """
@@ -32,7 +38,7 @@ from typing import Any
 
 import torch
 
-from common import RESULTS, make_config, markdown_table, quiet, save, sst2_setting
+from common import REPO, RESULTS, make_config, markdown_table, quiet, save, sst2_setting
 
 
 def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
@@ -84,7 +90,38 @@ def fedpress_run(overrides: dict[str, Any], out: Path) -> dict[str, float]:
         "fixed_s": wall - measured,
         "step_s": summary["client_train_s"] / (config.train.local_steps * config.num_clients),
         "final_accuracy": summary["final_accuracy"],
+        "final_eval_loss": summary["final_eval_loss"],
     }
+
+
+def parallel_clients(threads: int, steps: int, out: Path) -> dict[str, Any]:
+    """Round 2's wall time of 2 SmolLM2 clients trained side by side with `threads // 2`
+    threads each, against one at a time with `threads` threads."""
+    figures: dict[str, Any] = {}
+    for name, client_cpus in (("side_by_side", max(1, threads // 2)), ("one_at_a_time", threads)):
+        overrides = {
+            **sst2_setting(2, 2, steps, 400),
+            "federation.client_cpus": client_cpus,
+            "eval.per_round_examples": 16,
+            "data.eval_size": 16,
+        }
+        run_config_summary = fedpress_run(overrides, out / name)
+        rounds = [
+            json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        second = rounds[2]
+        figures[name] = {
+            "client_cpus": client_cpus,
+            "round2_s": second["round_wall_s"] - second["eval_s"],
+            "wall_s": run_config_summary["wall_s"],
+        }
+    return figures
+
+
+def time_tests(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pytest", "-q", *args], check=True, cwd=REPO)
+    return time.perf_counter() - started
 
 
 def trivial_flower(clients: int, rounds: int) -> float:
@@ -147,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--tests", action="store_true", help="also time the test tiers")
     args = parser.parse_args()
     quiet()
     threads = min(2, os.cpu_count() or 1)
@@ -169,8 +207,12 @@ def main() -> None:
     }
     results["fedpress_tiny"] = fedpress_run(tiny, work / "tiny")
     results["flower_trivial_2x2"] = trivial_flower(2, 2)
+    results["parallel"] = parallel_clients(threads, 8, work / "parallel")
     if not args.skip_demo:
         results["demo"] = demo(work / "demo")
+    if args.tests:
+        results["tests_quick_s"] = time_tests(["-m", "not slow"])
+        results["tests_all_s"] = time_tests([])
     results["load_at_end"] = os.getloadavg()[0]
 
     plain, smol_run, tiny_run = (
@@ -199,10 +241,27 @@ def main() -> None:
         },
         {
             "figure": "tiny-llama 2 clients x 2 rounds, wall",
-            "value": f"{tiny_run['wall_s']:.1f} s",
+            "value": f"{tiny_run['wall_s']:.1f} s "
+            f"(final eval loss {tiny_run['final_eval_loss']:.6f})",
             "target": "<= 25 s",
         },
     ]
+    side, serial = results["parallel"]["side_by_side"], results["parallel"]["one_at_a_time"]
+    rows.append(
+        {
+            "figure": "round 2 of 2 SmolLM2 clients: side by side (1 thread each) / one at a "
+            "time (2 threads)",
+            "value": f"{side['round2_s']:.1f} s / {serial['round2_s']:.1f} s = "
+            f"{side['round2_s'] / serial['round2_s']:.2f}x",
+            "target": "the faster is the default",
+        }
+    )
+    for key, label, target in (
+        ("tests_quick_s", "quick test tier (`pytest -m 'not slow'`)", "< 180 s"),
+        ("tests_all_s", "whole test suite (`pytest`)", "< 600 s"),
+    ):
+        if key in results:
+            rows.append({"figure": label, "value": f"{results[key]:.0f} s", "target": target})
     if "demo" in results:
         d = results["demo"]
         rows.append(
@@ -230,8 +289,9 @@ def main() -> None:
             ("fixed_s", "fixed s"),
         ],
     )
+    flags = "".join(f" --{f}" for f in ("skip-demo", "tests") if getattr(args, f.replace("-", "_")))
     header = (
-        f"`python benchmarks/speed.py{' --skip-demo' if args.skip_demo else ''}`, "
+        f"`python benchmarks/speed.py{flags}`, "
         f"{threads} threads, load average {load:.2f} at start and "
         f"{results['load_at_end']:.2f} at the end ({RESULTS.name}/speed.json has every figure)."
     )

@@ -211,3 +211,15 @@ def test_training_memory_sees_what_the_block_allocates():
     assert busy["bytes"] > 150e6
     assert idle["bytes"] < 50e6
     assert np.isfinite(busy["baseline"])
+
+
+def test_training_memory_without_the_kernel_peak_samples_rss(monkeypatch):
+    import fedpress.memory as memory
+
+    monkeypatch.setattr(memory, "_reset_peak_rss", lambda: False)
+    with training_memory(torch.device("cpu"), interval_s=0.001) as busy:
+        big = torch.ones(50_000_000)  # 200 MB, held long enough for the sampler to see
+        for _ in range(20):
+            big.add_(1.0)
+        del big
+    assert busy["bytes"] > 150e6

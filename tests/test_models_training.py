@@ -100,3 +100,30 @@ def test_multi_token_choices_are_scored_by_summed_logprob(tokenizer):
     assert any(len(c) > 1 for c in data[0].choice_ids)
     result = evaluate(model, data, batch_size=2, pad_id=tokenizer.pad_token_id)
     assert result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_scoring_only_answer_positions_equals_the_full_logits(monkeypatch, model_name):
+    import fedpress.training as training
+    from fedpress.config import load_config
+    from fedpress.task import build_task
+
+    config = load_config(None, [f"model={model_name}", "data.builtin_size=300"])
+    task = build_task(config)
+    data = task.encode_all(task.splits.eval_examples[:40])
+    generator = torch.Generator().manual_seed(0)
+    trained = {  # a non-zero adapter, so that scoring must go through LoRA
+        n: 0.05 * torch.randn(t.shape, generator=generator) for n, t in task.adapter().items()
+    }
+    task.set_adapter(trained)
+    try:
+        fast = task.evaluate(data)
+        monkeypatch.setattr(training, "PLAIN_HEAD_MODELS", ())  # every position's logits
+        full = task.evaluate(data)
+        task.set_adapter(task.initial_adapter)
+        untrained = task.evaluate(data)
+    finally:
+        task.set_adapter(task.initial_adapter)
+    assert abs(untrained.loss - full.loss) > 1e-3  # the adapter did change the scores
+    assert fast.accuracy == full.accuracy
+    assert abs(fast.loss - full.loss) < 1e-5 * full.loss

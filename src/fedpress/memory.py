@@ -9,11 +9,13 @@ Two figures, the same for every method (summary.json and metrics.jsonl):
 many clients), so both are measured around the training call only:
 
 - on CUDA: `torch.cuda.max_memory_allocated` minus the allocation at the start (peak reset);
-- on CPU: the process RSS sampled by a background thread every `interval_s` during the call,
-  minus the RSS just before it. Before taking the baseline, freed heap memory is handed back
-  to the OS (glibc `malloc_trim`), so memory a previous turn freed but the allocator kept
-  cannot hide this turn's allocations. Peaks shorter than the interval can be missed; torch
-  releases the GIL in its kernels, so the sampler runs during forward and backward.
+- on Linux CPU: the kernel's own high-water mark of the process's resident memory (`VmHWM`),
+  reset just before the call (`/proc/self/clear_refs`), minus the RSS just before it: exact,
+  and free (no sampling thread competing with training for the cores);
+- elsewhere on CPU: the process RSS sampled by a background thread every `interval_s` during
+  the call (peaks shorter than the interval can be missed).
+Before taking the baseline, freed heap memory is handed back to the OS (glibc `malloc_trim`),
+so memory a previous turn freed but the allocator kept cannot hide this turn's allocations.
 """
 
 from __future__ import annotations
@@ -27,6 +29,27 @@ from contextlib import contextmanager
 
 import psutil
 import torch
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-memory high-water mark; False where that is not possible."""
+    try:
+        with open(_CLEAR_REFS, "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    with open(_STATUS) as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def _release_free_heap() -> None:
@@ -58,6 +81,13 @@ def training_memory(device: torch.device, interval_s: float = 0.002) -> Iterator
     process = psutil.Process()
     base = process.memory_info().rss
     box["baseline"] = base
+    if _reset_peak_rss():
+        try:
+            yield box
+        finally:
+            box["peak"] = max(_peak_rss(), base)
+            box["bytes"] = max(0, box["peak"] - base)
+        return
     peak = [base]
     stop = threading.Event()
 

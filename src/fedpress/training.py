@@ -151,6 +151,35 @@ class EvalResult:
     seconds: float
 
 
+# Causal LMs whose logits are exactly `lm_head(last hidden state)`: scoring computes them only
+# where an answer token is predicted (no softcapping or logit scaling to reapply).
+PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+
+
+def _answer_logits(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [N, vocab] fp32, their targets [N], their rows [N]) at the N positions that
+    predict an answer token, in row-major order.
+
+    The vocabulary projection is the costliest part of scoring a small model (SmolLM2: a fifth
+    of the forward pass, and a batch x length x 49k logits tensor); only the few positions
+    that predict answer tokens need it. Same values as slicing the full logits."""
+    shift_labels = inputs["labels"][:, 1:]
+    rows, cols = (shift_labels != IGNORE).nonzero(as_tuple=True)
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(causal.config, "model_type", "") in PLAIN_HEAD_MODELS:
+        body, head = causal.base_model, causal.get_output_embeddings()
+        hidden = body(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).last_hidden_state
+        logits = head(hidden[rows, cols]).float()
+    else:
+        full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits = full.logits[:, :-1][rows, cols].float()
+    return logits, shift_labels[rows, cols], rows
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, data: Sequence[Encoded], *, batch_size: int, pad_id: int
@@ -170,26 +199,20 @@ def evaluate(
     for begin in range(0, len(data), batch_size):
         batch = [data[i] for i in by_length[begin : begin + batch_size]]
         inputs = collate(batch, pad_id, device)
-        logits = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        ).logits
-        logits = logits.float()
-        shift_logits = logits[:, :-1]
-        shift_labels = inputs["labels"][:, 1:]
-        token_loss = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.size(-1)),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
+        logits, targets, rows = _answer_logits(model, inputs)
+        token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         total_loss += token_loss.item()
-        total_tokens += int((shift_labels != IGNORE).sum())
+        total_tokens += int(targets.numel())
+        # Each row's first answer-predicting position is the one before its first answer token.
+        first = {}
+        for index, row in enumerate(rows.tolist()):
+            first.setdefault(row, index)
         for row, e in enumerate(batch):
             if e.answer_index < 0 or not e.choice_ids or e.answer_start == 0:
                 continue
             scorable += 1
             if all(len(c) == 1 for c in e.choice_ids):
-                next_logits = logits[row, e.answer_start - 1]
+                next_logits = logits[first[row]]
                 scores = [next_logits[c[0]].item() for c in e.choice_ids]
             else:
                 scores = _choice_logprobs(model, e, device)
