@@ -246,7 +246,11 @@ def test_methods_with_client_state_on_organisations_own_files(
     tmp_path, shared_data, method_args
 ):
     (tmp_path / "server").mkdir()
-    config = server_config(tmp_path, shared_data, 2, "train.local_steps=1", *method_args)
+    # Federated evaluation costs every node a ClientApp process per round on the deployment
+    # engine; the three-organisation test above covers it.
+    config = server_config(
+        tmp_path, shared_data, 2, "train.local_steps=1", "eval.federated_fraction=0", *method_args
+    )
     nodes = []
     for i in range(2):
         org = tmp_path / f"org-{i}"
@@ -262,12 +266,10 @@ def test_methods_with_client_state_on_organisations_own_files(
     assert summary["clients_failed_total"] == 0
     assert all(r["clients_failed"] == 0 and r["clients_ok"] > 0 for r in rounds[1:])
     assert str(tmp_path) not in sent
+    assert all(r["fed_eval_nodes"] == 0 for r in rounds)  # turned off
     if config.method == "fedcybgd":
         assert summary["turns_failed"] == 0
         # Round 2's downloads are deltas to what each node kept: far below the whole model.
         assert summary["download_bytes_per_turn"]["later_mean"] < summary["full_model_bytes"]
-        assert all(r["fed_eval_nodes"] == 0 for r in rounds)  # no federated evaluation
-    else:
-        assert all(r["fed_eval_nodes"] == 2 and r["fed_eval_examples"] == 16 for r in rounds)
     if config.method == "cg-fedllm":
         assert summary["tgap_in_run"] and summary["tgap_snapshots"] == 2 * 2

@@ -65,6 +65,10 @@ class Method:
     # Federated: builds the server side (fedpress.flower.loop.FederatedServer) from
     # (config, out_dir, parallel_clients).
     server: Callable[..., Any] | None = None
+    # Federated: what a client builds before its first turn (model, tokenizer), from the run
+    # config: started in the background when the node joins, while the server evaluates the
+    # untrained model.
+    client_task: Callable[[RunConfig], Any] | None = None
     # Federated: the client handlers by phase; "" is the method's ordinary training turn,
     # EVALUATE scores the global model on a node's local held-out data (federated evaluation).
     client: Mapping[str, ClientHandler] = field(default_factory=dict)

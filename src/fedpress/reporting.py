@@ -6,6 +6,7 @@ Every method writes the same files through `RunRecorder`, so runs compare field 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,25 +148,38 @@ class RunRecorder:
         }
         summary["orchestration_share"] = summary["orchestration_s"] / wall if wall else 0.0
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_run(
-            self.rounds,
-            self.out_dir / "curves.png",
-            title=f"{self.config.method} / {self.config.model}",
+        # Drawn beside the rest of the shutdown (Flower stopping its clients); `wait_for_plots`
+        # (the runner, the deployed ServerApp) returns once it is written.
+        plotter = threading.Thread(
+            target=plot_run,
+            args=(list(self.rounds), self.out_dir / "curves.png"),
+            kwargs={"title": f"{self.config.method} / {self.config.model}"},
+            name="curves-png",
         )
+        plotter.start()
+        _PLOTS.append(plotter)
         return summary
 
 
-def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
-    """Loss and accuracy against rounds and against cumulative uplink MB."""
-    import matplotlib
+_PLOTS: list[threading.Thread] = []
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def wait_for_plots() -> None:
+    """Return once every run's curves.png started by this process is written."""
+    while _PLOTS:
+        _PLOTS.pop().join()
+
+
+def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
+    """Loss and accuracy against rounds and against cumulative uplink MB. Uses the figure
+    API without pyplot's global state, so it may run in any thread."""
+    from matplotlib.figure import Figure
 
     xs_round = [r.round for r in rounds]
     xs_mb = [r.cum_bytes_up / MB for r in rounds]
     has_acc = any(r.accuracy is not None for r in rounds)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for ax, xs, label in ((axes[0], xs_round, "round"), (axes[1], xs_mb, "cumulative uplink MB")):
         ax.plot(xs, [r.eval_loss for r in rounds], "o-", color="tab:blue", label="eval loss")
         ax.set_xlabel(label)
@@ -188,7 +202,6 @@ def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_summary_table(summary: dict[str, Any]) -> str:

@@ -28,10 +28,15 @@ def run_config(
     config: RunConfig, out_dir: Path, *, resume: bool = False, verbose: bool = False
 ) -> dict[str, Any]:
     """Run `config` into `out_dir` (continuing its checkpoint when `resume`); the summary."""
+    from fedpress.reporting import wait_for_plots
+
     out_dir = Path(out_dir)
     method = registry.get(config.method)
-    if method.local is not None:
-        return method.local(config, out_dir, resume)
-    from fedpress.flower.simulation import simulate
+    try:
+        if method.local is not None:
+            return method.local(config, out_dir, resume)
+        from fedpress.flower.simulation import simulate
 
-    return simulate(config, out_dir, verbose=verbose, resume=resume)
+        return simulate(config, out_dir, verbose=verbose, resume=resume)
+    finally:
+        wait_for_plots()

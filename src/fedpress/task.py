@@ -7,6 +7,7 @@ them. Building is expensive (model load, tokenisation), so each process keeps th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -89,10 +90,17 @@ class LoraTask:
 
 
 _CACHE: dict[str, LoraTask] = {}
+# Held while a task is built: a client may start building in the background (node.warm_up).
+BUILD_LOCK = threading.RLock()
 
 
 def build_task(config: RunConfig) -> LoraTask:
     """The process-wide task for this config (rebuilt when the config changes)."""
+    with BUILD_LOCK:
+        return _build_task(config)
+
+
+def _build_task(config: RunConfig) -> LoraTask:
     key = config.to_json()
     if key not in _CACHE:
         _CACHE.clear()  # one model per process: never hold two copies

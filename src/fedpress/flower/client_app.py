@@ -65,6 +65,7 @@ def query(msg: Message, context: Context) -> Message:
     node.remember_config(msg, context)
     node_config = context.node_config
     config = node.received_config(context)
+    node.warm_up(context, registry.get(config.method).client_task)
     info = MetricRecord(
         {
             "partition-id": node.partition_id(context, config),

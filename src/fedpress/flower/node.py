@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from collections.abc import Callable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -35,6 +37,7 @@ from fedpress.training import Encoded, EvalResult, TrainResult
 log = logging.getLogger("fedpress")
 
 _encoded_shares: dict[tuple, list[Encoded]] = {}
+_ENCODING = threading.Lock()
 
 
 def remember_config(msg: Message, context: Context) -> None:
@@ -167,11 +170,12 @@ def local_eval(context: Context, config: RunConfig, task: LoraTask) -> list[Enco
 
 def _encoded(context: Context, config: RunConfig, task: LoraTask, part: str) -> list[Encoded]:
     key = (config.to_json(), tuple(sorted(context.node_config.items())), part)
-    if key not in _encoded_shares:
-        if len(_encoded_shares) >= 3:
-            _encoded_shares.clear()
-        _encoded_shares[key] = task.encode_all(getattr(own_data(context, config, task), part))
-    return _encoded_shares[key]
+    with _ENCODING:
+        if key not in _encoded_shares:
+            if len(_encoded_shares) >= 3:
+                _encoded_shares.clear()
+            _encoded_shares[key] = task.encode_all(getattr(own_data(context, config, task), part))
+        return _encoded_shares[key]
 
 
 def receive_global(msg: Message, context: Context, task: LoraTask) -> dict[str, torch.Tensor]:
@@ -237,6 +241,24 @@ def reply(
     return Message(content, reply_to=msg)
 
 
+def warm_up(context: Context, build: Callable[[RunConfig], LoraTask] | None) -> None:
+    """Build this node's task and tokenise its share in the background, so that the first
+    turn finds them ready: the server meanwhile evaluates the untrained model. Where the
+    process ends with the reply (the deployment engine starts one per message) nothing is
+    lost; any error here surfaces again, with its reply, in the first turn."""
+    if build is None:
+        return
+
+    def work() -> None:
+        try:
+            config = run_config(context)
+            share(context, config, build(config))
+        except Exception:  # noqa: BLE001 - the first turn reports it
+            log.debug("warm-up failed; the first turn will say why", exc_info=True)
+
+    threading.Thread(target=work, name="client-warm-up", daemon=True).start()
+
+
 def eval_reply(msg: Message, result: EvalResult) -> Message:
     """The federated-evaluation reply: example count, mean loss, accuracy (-1: not scorable)."""
     metrics = MetricRecord(
@@ -252,6 +274,7 @@ def eval_reply(msg: Message, result: EvalResult) -> Message:
 
 __all__ = [
     "eval_reply",
+    "warm_up",
     "encode_uplink",
     "has_local_data",
     "holdout",

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedpress import registry
 from fedpress.config import RunConfig, load_config
 from fedpress.flower.loop import run_federation
+from fedpress.reporting import wait_for_plots
 
 # (grid, config, out_dir) -> summary: something else than a method's run (`fedpress tgap`).
 Entry = Callable[[Grid, RunConfig, Path], dict[str, Any]]
@@ -75,6 +76,14 @@ def main(grid: Grid, context: Context) -> None:
     resume = bool(context.run_config.get("resume", False))
     # On the deployment engine every client is its own machine (they all run at once) and
     # brings its own data: the server sends no path.
-    run_method(
-        grid, config, Path(out), parallel_clients=config.num_clients, resume=resume, deployed=True
-    )
+    try:
+        run_method(
+            grid,
+            config,
+            Path(out),
+            parallel_clients=config.num_clients,
+            resume=resume,
+            deployed=True,
+        )
+    finally:
+        wait_for_plots()

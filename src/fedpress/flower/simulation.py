@@ -16,6 +16,7 @@ from fedpress.errors import FedpressError
 from fedpress.flower.client_app import app as fedpress_client_app
 from fedpress.flower.loop import parallel_slots
 from fedpress.flower.server_app import Entry, make_server_app
+from fedpress.reporting import wait_for_plots
 
 
 def simulate(
@@ -56,6 +57,7 @@ def simulate(
         backend_config=backend_config,
         verbose_logging=verbose,
     )
+    wait_for_plots()  # curves.png was drawn while Flower shut its clients down
     if "error" in box:
         error = box["error"]
         if isinstance(error, FedpressError):

@@ -8,6 +8,7 @@ from fedpress.methods.cg_fedllm import client, server, tgap
 from fedpress.methods.cg_fedllm.settings import AutoencoderConfig, check
 from fedpress.methods.lora_fedavg import client as lora_client
 from fedpress.registry import EVALUATE, Method, register
+from fedpress.task import build_task
 
 
 def codec_label(config: dict) -> str:
@@ -23,6 +24,7 @@ METHOD = register(
         reads=("lora", "autoencoder", "downlink_codec", "codec", "federation", "privacy"),
         section=("autoencoder", AutoencoderConfig),
         server=server.build_server,
+        client_task=build_task,
         client={
             "": client.train,
             EVALUATE: lora_client.evaluate,

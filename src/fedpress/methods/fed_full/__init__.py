@@ -30,6 +30,7 @@ METHOD = register(
         about="full-parameter FedAvg: every client trains and sends the whole model",
         reads=("uplink_codec", "downlink_codec", "codec", "federation", "privacy"),
         server=build_server,
+        client_task=build_full_task,
         client=client.handlers(build_full_task),
     )
 )

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from fedpress.config import RunConfig
 from fedpress.models import adapter_state, load_base_model, load_tokenizer, resolve_placement
-from fedpress.task import LoraTask
+from fedpress.task import BUILD_LOCK, LoraTask
 
 _CACHE: dict[str, LoraTask] = {}
 
 
 def build_full_task(config: RunConfig) -> LoraTask:
+    with BUILD_LOCK:
+        return _build_full_task(config)
+
+
+def _build_full_task(config: RunConfig) -> LoraTask:
     key = config.to_json()
     if key not in _CACHE:
         _CACHE.clear()  # one model per process

@@ -15,6 +15,7 @@ from fedpress.config import RunConfig
 from fedpress.methods.fedcybgd import client
 from fedpress.methods.fedcybgd.server import FedCyBGDServer
 from fedpress.methods.fedcybgd.settings import CybgdConfig, check_cybgd
+from fedpress.methods.fedcybgd.turns import cybgd_task
 from fedpress.registry import Method, register
 
 
@@ -47,6 +48,7 @@ METHOD = register(
         section=("cybgd", CybgdConfig),
         reads_when=lora_when_peft,
         server=build_server,
+        client_task=cybgd_task,
         client={"": client.train},
         validate=check_cybgd,
         codec_label=codec_label,

@@ -42,6 +42,7 @@ METHOD = register(
         about="LoRA with A frozen at its random init; only B trained and sent (FFA-LoRA)",
         reads=LORA_FEDERATED_KEYS,
         server=build_server,
+        client_task=build_ffa_task,
         client=client.handlers(build_ffa_task),
     )
 )
