@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install, then run the built-in demo: SmolLM2-135M, 4 simulated clients, LoRA-FedAvg, offline.
+# Install, then run the built-in demo: SmolLM2-135M, 2 simulated clients, LoRA-FedAvg, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -34,7 +34,7 @@ class DataConfig:
     # Examples in the eval split (the final figures score all of it; eval.per_round_examples of
     # it after each round). With `eval_source`, a cap on the examples taken from it (a seeded
     # draw, file order kept; 0 = the whole file); without, must be >= 1.
-    eval_size: int = 200
+    eval_size: int = 100
     # Cap on training examples read from `source` (0 = all).
     max_train_examples: int = 2000
     # iid | dirichlet (over labels or categories)
@@ -76,8 +76,10 @@ class TrainConfig:
 class FederationConfig:
     # Fraction of clients sampled each round.
     fraction_train: float = 1.0
-    # Simulation resources per client (CPU cores; GPU share when CUDA is present).
-    client_cpus: int = 2
+    # Simulation resources per client: CPU cores (0 = the machine's cores spread over the
+    # clients sampled per round, so they train side by side: on 2 cores 2 clients x 1 thread
+    # beat 1 client x 2 threads, benchmarks/results/speed.md), GPU share when CUDA is present.
+    client_cpus: int = 0
     client_gpus: float = 0.0
     # A client that has not replied by then counts as failed for the round.
     round_timeout_s: float = 3600.0
@@ -109,7 +111,7 @@ class CodecOptions:
 @dataclass
 class EvalConfig:
     # Eval examples scored after each round (a fixed subset); the full split at the end.
-    per_round_examples: int = 100
+    per_round_examples: int = 50
     batch_size: int = 16
     # Federated evaluation, after each round: this share of the nodes that hold local held-out
     # data (deployed nodes with `eval-path`) score the global model on it; 0 = off.
@@ -149,8 +151,9 @@ class PrivacyConfig:
 class RunConfig:
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
-    num_clients: int = 3
-    rounds: int = 5
+    # The defaults are the demo (`fedpress run`): ~2.5 minutes on 2 cores, parity learned.
+    num_clients: int = 2
+    rounds: int = 4
     seed: int = 0
     # What compresses client -> server updates and server -> client adapters (see fedpress.codecs).
     uplink_codec: str = "none"
@@ -205,6 +208,7 @@ class RunConfig:
             ("eval.batch_size", self.eval.batch_size, 1),
             ("federation.min_replies", self.federation.min_replies, 1),
             ("federation.max_retries", self.federation.max_retries, 0),
+            ("federation.client_cpus", self.federation.client_cpus, 0),
         ):
             if value < low:
                 raise FedpressError(f"config key '{key}' must be >= {low}, got {value}")

@@ -21,7 +21,7 @@ app = ClientApp()
 
 def _handle(phase: str, msg: Message, context: Context) -> Message:
     config = node.run_config(context)
-    node.use_threads(config)
+    node.use_threads(context, config)
     handlers = registry.get(config.method).client
     if phase not in handlers:
         raise ValueError(f"method {config.method} has no client phase '{phase or 'train'}'")

@@ -356,10 +356,19 @@ def _eval_figures(reply: Message) -> tuple[float, float, float]:
     return n, loss, accuracy
 
 
+def client_cpus(config: RunConfig) -> int:
+    """Cores per simulated client: `federation.client_cpus`, or (0) this machine's cores
+    spread over the clients sampled per round."""
+    cpus = os.cpu_count() or 1
+    if config.federation.client_cpus > 0:
+        return min(config.federation.client_cpus, cpus)
+    sampled = max(1, round(config.num_clients * config.federation.fraction_train))
+    return max(1, cpus // min(sampled, cpus))
+
+
 def parallel_slots(config: RunConfig) -> int:
     """How many clients the simulation engine runs at once on this machine."""
-    cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, min(config.federation.client_cpus, cpus)))
+    return max(1, (os.cpu_count() or 1) // client_cpus(config))
 
 
 class Sampler:

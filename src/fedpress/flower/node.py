@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -94,8 +95,18 @@ def node_model(context: Context, config: RunConfig) -> str:
     return str(cached)
 
 
-def use_threads(config: RunConfig) -> None:
-    torch.set_num_threads(max(1, config.runtime.threads or config.federation.client_cpus))
+def use_threads(context: Context, config: RunConfig) -> None:
+    """`runtime.threads`, else the cores the simulation gave this client, else (a deployed
+    node: the machine is its own) every core."""
+    from fedpress.flower.loop import client_cpus
+
+    if config.runtime.threads:
+        threads = config.runtime.threads
+    elif has_local_data(context):
+        threads = os.cpu_count() or 1
+    else:
+        threads = client_cpus(config)
+    torch.set_num_threads(max(1, threads))
 
 
 def partition_id(context: Context, config: RunConfig) -> int:

@@ -14,7 +14,7 @@ from flwr.simulation import run_simulation
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower.client_app import app as fedpress_client_app
-from fedpress.flower.loop import parallel_slots
+from fedpress.flower.loop import client_cpus, parallel_slots
 from fedpress.flower.server_app import Entry, make_server_app
 from fedpress.reporting import wait_for_plots
 
@@ -36,7 +36,7 @@ def simulate(
         client_gpus = 1.0 / max(1, parallel_slots(config))  # share the GPU among concurrent clients
     backend_config: dict[str, Any] = {
         "client_resources": {
-            "num_cpus": min(config.federation.client_cpus, cpus),
+            "num_cpus": client_cpus(config),
             "num_gpus": client_gpus,
         },
         "init_args": {
