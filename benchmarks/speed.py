@@ -42,10 +42,12 @@ from common import REPO, RESULTS, make_config, markdown_table, quiet, save, sst2
 
 
 def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
-    """The reference: model + PEFT LoRA, AdamW, the same batches fedpress's client trains on."""
+    """The reference: model + PEFT LoRA, AdamW, the same batches fedpress's client trains on
+    (its seeded order, `training.batch_rows`)."""
     from fedpress.data import build_splits
+    from fedpress.flower.node import train_seed
     from fedpress.models import add_lora, load_base_model, load_tokenizer
-    from fedpress.training import collate, encode
+    from fedpress.training import batch_rows, collate, encode
 
     config = make_config({**sst2_setting(1, 1, steps, 2000), "lora.r": 8})
     torch.set_num_threads(threads)
@@ -60,9 +62,10 @@ def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
     batch = config.train.batch_size
     model.train()
     start = time.perf_counter()
-    for step in range(steps):
-        rows = [data[(step * batch + i) % len(data)] for i in range(batch)]
-        loss = model(**collate(rows, int(tokenizer.pad_token_id), torch.device("cpu"))).loss
+    # The batches the fedpress client draws in round 1 as partition 0.
+    for rows in batch_rows(len(data), batch, steps, train_seed(config, 1, 0)):
+        batch_data = [data[i] for i in rows]
+        loss = model(**collate(batch_data, int(tokenizer.pad_token_id), torch.device("cpu"))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm)
         optimizer.step()

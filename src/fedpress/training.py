@@ -88,6 +88,22 @@ class TrainResult:
     seconds: float
 
 
+def batch_rows(size: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The rows of each of `steps` batches: seeded shuffles of all `size` rows, one after
+    another (every example once before any twice)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    batches = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            refill = list(range(size))
+            rng.shuffle(refill)
+            order.extend(refill)
+        batches.append(order[:batch_size])
+        del order[:batch_size]
+    return batches
+
+
 def train_steps(
     model: torch.nn.Module,
     data: Sequence[Encoded],
@@ -113,19 +129,12 @@ def train_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     device = next(model.parameters()).device
-    rng = random.Random(seed)
-    order: list[int] = []
     losses = []
     seen = 0
     start = time.perf_counter()
     model.train()
-    for step in range(steps):
-        if len(order) < batch_size:
-            refill = list(range(len(data)))
-            rng.shuffle(refill)
-            order.extend(refill)
-        batch = [data[i] for i in order[:batch_size]]
-        del order[:batch_size]
+    for step, rows in enumerate(batch_rows(len(data), batch_size, steps, seed)):
+        batch = [data[i] for i in rows]
         factor = lr_factor(schedule, schedule_offset + step, schedule_total or steps)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
