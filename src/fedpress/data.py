@@ -253,12 +253,9 @@ def build_splits(data: DataConfig, num_clients: int, seed: int) -> DataSplits:
     examples = load_examples(data.source, data, seed)
     rng = random.Random(seed)
     if data.eval_source:
-        eval_examples = load_examples(data.eval_source, data, seed + 1)
-        if data.eval_size and len(eval_examples) > data.eval_size:
-            # A seeded draw kept in file order (a file sorted by label still gives a fair mix);
-            # its own generator, so the training split does not depend on eval_size.
-            kept = random.Random(seed + 1).sample(range(len(eval_examples)), data.eval_size)
-            eval_examples = [eval_examples[i] for i in sorted(kept)]
+        eval_examples = _capped_eval(
+            load_examples(data.eval_source, data, seed + 1), data.eval_size, seed
+        )
     else:
         if len(examples) <= data.eval_size:
             raise FedpressError(
@@ -279,6 +276,16 @@ def build_splits(data: DataConfig, num_clients: int, seed: int) -> DataSplits:
         shares.append([examples[i] for i in share])
         holdouts.append([examples[i] for i in holdout])
     return DataSplits(shares, holdouts, eval_examples)
+
+
+def _capped_eval(examples: list[Example], eval_size: int, seed: int) -> list[Example]:
+    """At most `eval_size` of a held-out file (0 = all): a seeded draw kept in file order (a
+    file sorted by label still gives a fair mix), with its own generator, so the training split
+    does not depend on eval_size."""
+    if not eval_size or len(examples) <= eval_size:
+        return examples
+    kept = random.Random(seed + 1).sample(range(len(examples)), eval_size)
+    return [examples[i] for i in sorted(kept)]
 
 
 def partition(
@@ -362,8 +369,9 @@ def node_data(
     if data.max_train_examples and len(examples) > data.max_train_examples:
         examples = random.Random(seed).sample(examples, data.max_train_examples)
     holdout, share = split_fraction(list(range(len(examples))), data.holdout_fraction, seed)
-    evals = load_examples(eval_path, local, seed + 1) if eval_path else []
-    if data.eval_size and len(evals) > data.eval_size:
-        kept = random.Random(seed + 1).sample(range(len(evals)), data.eval_size)
-        evals = [evals[i] for i in sorted(kept)]
+    evals = (
+        _capped_eval(load_examples(eval_path, local, seed + 1), data.eval_size, seed)
+        if eval_path
+        else []
+    )
     return NodeData([examples[i] for i in share], [examples[i] for i in holdout], evals)
