@@ -1,0 +1,389 @@
+"""Converged evidence (issue 18): a matrix run to the end with several seeds, then per variant
+the final quality, the bytes every run sent, the uplink it took to come within reach of
+uncompressed LoRA-FedAvg, client memory and wall time, with mean and spread over seeds.
+
+Each seed is one `fedpress compare` of the matrix with `base.seed` set, in
+`<out>/seed-<k>/` (so a cut-short invocation resumes: finished variants are skipped, an
+interrupted one resumes from its checkpoint). Then every finished run folder is read back and
+`benchmarks/results/converged.{json,md}` and the plots are rebuilt from them; a variant or seed
+that has no finished run is listed as not run, never filled in.
+
+    python benchmarks/converged.py examples/matrices/converged_sst2.toml --seeds 0,1
+    python benchmarks/converged.py MATRIX --seeds 0,1 --variants lora-fedavg,int4   # a subset
+    python benchmarks/converged.py MATRIX --seeds 0,1 --no-run                      # tables only
+
+Bytes to target: the cumulative training uplink (TGAP's one-off upload excluded, reported
+apart) after the first round whose per-round accuracy is within `--accuracy-points` of the
+reference's final per-round accuracy (mean over its seeds), or, on a data set without
+accuracy, whose eval loss is within `--loss-percent` of the reference's final eval loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w  # comes with flwr (pinned)
+
+from common import MB, REPO, RESULTS, markdown_table, quiet
+
+RESULT_NAME = "converged"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("matrix", type=Path)
+    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--out", type=Path, help="default: runs/<matrix name>")
+    parser.add_argument("--no-run", action="store_true", help="only rebuild tables and plots")
+    parser.add_argument("--accuracy-points", type=float, default=1.0)
+    parser.add_argument("--loss-percent", type=float, default=1.0)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    raw = tomllib.loads(args.matrix.read_text())
+    names = [v["name"] for v in raw["variant"]]
+    wanted = [n.strip() for n in args.variants.split(",") if n.strip()] or names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        sys.exit(f"{args.matrix}: no variant named {', '.join(unknown)} (it has {names})")
+    out = args.out or REPO / "runs" / args.matrix.stem
+    if not args.no_run:
+        run_seeds(raw, args.matrix, wanted, seeds, out)
+    rows = collect(raw, seeds, out)
+    table = summarize(raw, rows, seeds, args.accuracy_points, args.loss_percent)
+    table["matrix"] = str(args.matrix)
+    table["command"] = f"python benchmarks/converged.py {args.matrix} --seeds {args.seeds}" + (
+        f" --variants {args.variants}" if args.variants else ""
+    )
+    write_results(args.matrix.stem, table)
+    plot(args.matrix.stem, raw, rows, table)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def run_seeds(raw: dict, matrix: Path, wanted: list[str], seeds: list[int], out: Path) -> None:
+    """One compare per seed, seed after seed: a cut-short invocation has whole seeds first."""
+    from fedpress.compare import run_matrix
+
+    quiet()
+    for seed in seeds:
+        derived = {**raw, "base": {**raw.get("base", {}), "seed": seed}}
+        derived["variant"] = [v for v in raw["variant"] if v["name"] in wanted]
+        folder = out / f"seed-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = out / f"seed-{seed}.toml"
+        header = f"# {matrix} with base.seed = {seed} (written by benchmarks/converged.py)\n"
+        path.write_text(header + tomli_w.dumps(derived))
+        print(f"seed {seed}: {len(derived['variant'])} variants into {folder}", flush=True)
+        run_matrix(path, folder)
+
+
+# --- reading the runs back -------------------------------------------------------------------
+
+
+def collect(raw: dict, seeds: list[int], out: Path) -> list[dict[str, Any]]:
+    """One row per (variant, seed): the figures of a finished run, or status "not run"."""
+    rows = []
+    for variant in raw["variant"]:
+        for seed in seeds:
+            folder = out / f"seed-{seed}" / variant["name"]
+            rows.append(read_run(variant["name"], seed, folder))
+    return rows
+
+
+def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
+    summary_path = folder / "summary.json"
+    if not summary_path.is_file():
+        error = folder / "error.log"
+        return {
+            "variant": name,
+            "seed": seed,
+            "status": "failed" if error.is_file() else "not run",
+        }
+    summary = json.loads(summary_path.read_text())
+    config = summary["config"]
+    rounds = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    tgap_up = summary.get("tgap_bytes_up", 0) if summary.get("tgap_in_run") else 0
+    tgap_down = summary.get("tgap_bytes_down", 0) if summary.get("tgap_in_run") else 0
+    method = summary["method"]
+    if method == "cg-fedllm":
+        ae = config.get("autoencoder", {})
+        codec = f"autoencoder {ae.get('arch')} 1/{ae.get('compression')}"
+    elif method in ("centralized", "centralized-full"):
+        codec = "(no communication)"
+    else:
+        codec = config.get("uplink_codec", "none")
+    train_steps = config["train"]["local_steps"]
+    return {
+        "variant": name,
+        "seed": seed,
+        "status": "done",
+        "method": method,
+        "codec": codec,
+        "rounds": summary["rounds"],
+        "final_accuracy": summary.get("final_accuracy"),
+        "final_eval_loss": summary.get("final_eval_loss"),
+        "final_eval_examples": summary.get("final_eval_examples"),
+        # Training rounds only: TGAP's one-off exchange is reported apart.
+        "bytes_up_total": summary["bytes_up_total"] - tgap_up,
+        "bytes_down_total": summary["bytes_down_total"] - tgap_down,
+        "tgap_bytes_up": tgap_up,
+        "tgap_bytes_down": tgap_down,
+        "client_peak_mem_bytes": summary.get("client_peak_mem_bytes"),
+        "wall_s": summary.get("wall_s"),
+        "local_steps": train_steps,
+        "curve": [
+            {
+                "round": r["round"],
+                "accuracy": r.get("accuracy"),
+                "eval_loss": r.get("eval_loss"),
+                "cum_bytes_up": r["cum_bytes_up"] - (tgap_up if r["round"] >= 1 else 0),
+                "clients_ok": r.get("clients_ok", 0),
+            }
+            for r in rounds
+        ],
+    }
+
+
+# --- the tables ------------------------------------------------------------------------------
+
+
+def mean_spread(values: list[float]) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def bytes_to_target(row: dict, target: dict[str, float] | None) -> int | None:
+    """Training uplink after the first round that reached the target, or None."""
+    if target is None:
+        return None
+    for point in row["curve"][1:]:
+        accuracy, loss = point["accuracy"], point["eval_loss"]
+        if "accuracy" in target:
+            if accuracy is not None and accuracy >= target["accuracy"]:
+                return point["cum_bytes_up"]
+        elif loss is not None and loss <= target["eval_loss"]:
+            return point["cum_bytes_up"]
+    return None
+
+
+def summarize(
+    raw: dict, rows: list[dict], seeds: list[int], points: float, percent: float
+) -> dict[str, Any]:
+    reference = raw.get("reference", "")
+    done = [r for r in rows if r["status"] == "done"]
+    ref_rows = [r for r in done if r["variant"] == reference]
+    target: dict[str, float] | None = None
+    if ref_rows:
+        last = [r["curve"][-1] for r in ref_rows]
+        accuracies = [p["accuracy"] for p in last if p["accuracy"] is not None]
+        if accuracies:
+            target = {"accuracy": statistics.fmean(accuracies) - points / 100}
+        else:
+            losses = [p["eval_loss"] for p in last]
+            target = {"eval_loss": statistics.fmean(losses) * (1 + percent / 100)}
+    for row in done:
+        row["bytes_up_to_target"] = bytes_to_target(row, target)
+    full_mem = mean_spread(
+        [r["client_peak_mem_bytes"] for r in done if r["method"] in ("fed-full",)]
+    )
+    ref_up = mean_spread([r["bytes_up_total"] for r in ref_rows])
+    ref_to_target = mean_spread(
+        [r["bytes_up_to_target"] for r in ref_rows if r.get("bytes_up_to_target")]
+    )
+    variants = []
+    for entry in raw["variant"]:
+        mine = [r for r in done if r["variant"] == entry["name"]]
+        missing = [r["seed"] for r in rows if r["variant"] == entry["name"] and r not in mine]
+        if not mine:
+            variants.append({"variant": entry["name"], "seeds_done": [], "not_run": missing})
+            continue
+        acc = mean_spread([r["final_accuracy"] for r in mine])
+        loss = mean_spread([r["final_eval_loss"] for r in mine])
+        up = mean_spread([r["bytes_up_total"] for r in mine])
+        down = mean_spread([r["bytes_down_total"] for r in mine])
+        mem = mean_spread([r["client_peak_mem_bytes"] for r in mine])
+        reached = [r["bytes_up_to_target"] for r in mine]
+        to_target = mean_spread(reached) if all(b is not None for b in reached) else None
+        variants.append(
+            {
+                "variant": entry["name"],
+                "method": mine[0]["method"],
+                "codec": mine[0]["codec"],
+                "seeds_done": [r["seed"] for r in mine],
+                "not_run": missing,
+                "final_accuracy": acc,
+                "final_eval_loss": loss,
+                "bytes_up_total": up,
+                "bytes_down_total": down,
+                "uplink_saving_x": ref_up[0] / up[0] if ref_up and up and up[0] else None,
+                "bytes_up_to_target": to_target,
+                "seeds_reaching_target": sum(b is not None for b in reached),
+                "to_target_saving_x": (
+                    ref_to_target[0] / to_target[0] if ref_to_target and to_target else None
+                ),
+                "tgap_bytes_up": mean_spread([r["tgap_bytes_up"] for r in mine]),
+                "client_peak_mem_bytes": mem,
+                "mem_vs_fed_full": mem[0] / full_mem[0] if mem and full_mem else None,
+                "wall_s": mean_spread([r["wall_s"] for r in mine]),
+            }
+        )
+    return {
+        "title": raw.get("title", ""),
+        "description": raw.get("description", ""),
+        "reference": reference,
+        "seeds": seeds,
+        "target": target,
+        "variants": variants,
+        "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
+        "curves": {f"{r['variant']}/seed-{r['seed']}": r["curve"] for r in done},
+    }
+
+
+def _pm(stat: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+    if stat is None:
+        return "-"
+    mean, spread = stat
+    return f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}"
+
+
+def markdown(table: dict[str, Any]) -> str:
+    columns = [
+        ("variant", "variant"),
+        ("codec", "uplink"),
+        ("seeds", "seeds"),
+        ("acc", "final acc %"),
+        ("loss", "final eval loss"),
+        ("up", "uplink MB"),
+        ("saving", "uplink saving"),
+        ("target", "uplink MB to target"),
+        ("down", "download MB"),
+        ("mem", "client peak MB"),
+        ("wall", "wall s"),
+    ]
+    lines = []
+    for v in table["variants"]:
+        if not v["seeds_done"]:
+            lines.append({"variant": v["variant"], "codec": "not run", "seeds": "-"})
+            continue
+        seeds = ",".join(str(s) for s in v["seeds_done"])
+        if v["not_run"]:
+            seeds += f" (not run: {','.join(str(s) for s in v['not_run'])})"
+        reached = v["seeds_reaching_target"]
+        target = (
+            _pm(v["bytes_up_to_target"], 1 / MB, 3)
+            if v["bytes_up_to_target"]
+            else f"not reached ({reached}/{len(v['seeds_done'])} seeds)"
+        )
+        lines.append(
+            {
+                "variant": v["variant"],
+                "codec": v["codec"],
+                "seeds": seeds,
+                "acc": _pm(v["final_accuracy"], 100),
+                "loss": _pm(v["final_eval_loss"], 1, 4),
+                "up": _pm(v["bytes_up_total"], 1 / MB, 3),
+                "saving": f"{v['uplink_saving_x']:.1f}x" if v["uplink_saving_x"] else "-",
+                "target": target,
+                "down": _pm(v["bytes_down_total"], 1 / MB, 1),
+                "mem": _pm(v["client_peak_mem_bytes"], 1 / MB, 0),
+                "wall": _pm(v["wall_s"], 1, 0),
+            }
+        )
+    target = table["target"]
+    if target and "accuracy" in target:
+        goal = f"per-round accuracy >= {100 * target['accuracy']:.2f} %"
+    elif target:
+        goal = f"per-round eval loss <= {target['eval_loss']:.4f}"
+    else:
+        goal = "no reference run"
+    return "\n".join(
+        [
+            f"## {table['title']}",
+            "",
+            table["description"],
+            "",
+            f"`{table['command']}`",
+            "",
+            f"Mean ± standard deviation over seeds; target ({table['reference']} final - "
+            f"tolerance): {goal}. Uplink and download: training rounds (TGAP's one-off "
+            "exchange apart, in converged.json).",
+            "",
+            markdown_table(lines, columns),
+        ]
+    )
+
+
+def write_results(stem: str, table: dict[str, Any]) -> None:
+    """converged.json holds every matrix run so far; this one's entry is replaced."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{RESULT_NAME}.json"
+    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything[stem] = table
+    path.write_text(json.dumps(everything, indent=1))
+    text = "\n\n".join(markdown(t) for t in everything.values())
+    (RESULTS / f"{RESULT_NAME}.md").write_text(text + "\n")
+    print(markdown(table))
+    print(f"saved {path} and {path.with_suffix('.md')}")
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    done = [r for r in rows if r["status"] == "done"]
+    if not done:
+        return
+    by_variant: dict[str, list[dict]] = {}
+    for row in done:
+        by_variant.setdefault(row["variant"], []).append(row)
+    metric = "accuracy" if done[0]["curve"][-1]["accuracy"] is not None else "eval_loss"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, runs in by_variant.items():
+        length = min(len(r["curve"]) for r in runs)
+        ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
+        ups = np.array([[p["cum_bytes_up"] for p in r["curve"][:length]] for r in runs]) / MB
+        steps = np.arange(length) * runs[0]["local_steps"]
+        scale = 100 if metric == "accuracy" else 1
+        mean, low, high = ys.mean(0) * scale, ys.min(0) * scale, ys.max(0) * scale
+        if runs[0]["method"] not in ("centralized", "centralized-full"):
+            (line,) = left.plot(ups.mean(0), mean, "-", label=name)
+            left.fill_between(ups.mean(0), low, high, color=line.get_color(), alpha=0.2)
+        (line,) = right.plot(steps, mean, "-", label=name)
+        right.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    label = "per-round accuracy %" if metric == "accuracy" else "per-round eval loss"
+    left.set_xscale("symlog", linthresh=0.1)
+    left.set_xlabel("cumulative training uplink MB (all clients, log scale)")
+    right.set_xlabel("local steps per client (centralized: its steps / clients per round)")
+    for ax in (left, right):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    left.set_title(f"{metric} vs uplink (band: min-max over seeds)")
+    right.set_title(f"{metric} vs client steps")
+    right.legend(fontsize=8, ncol=2)
+    fig.suptitle(table["title"], fontsize=10)
+    fig.tight_layout()
+    path = RESULTS / f"{RESULT_NAME}_{stem}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""benchmarks/converged.py's reading of run folders: bytes to target, TGAP kept apart, seeds
+aggregated, runs that did not finish listed as not run (never filled in)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import converged  # noqa: E402 - a script in benchmarks/, not a package
+
+
+def write_run(
+    folder: Path,
+    method: str,
+    accuracies: list[float],
+    up_per_round: int,
+    *,
+    tgap_up: int = 0,
+    peak: int = 1000,
+    wall: float = 10.0,
+) -> None:
+    folder.mkdir(parents=True)
+    cum = tgap_up
+    lines = []
+    for round_index, accuracy in enumerate(accuracies):
+        if round_index:
+            cum += up_per_round
+        lines.append(
+            json.dumps(
+                {
+                    "round": round_index,
+                    "accuracy": accuracy,
+                    "eval_loss": 1.0 - accuracy,
+                    "cum_bytes_up": cum,
+                    "clients_ok": 2,
+                }
+            )
+        )
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    config = {"uplink_codec": "none", "train": {"local_steps": 2}, "autoencoder": {}}
+    if method == "cg-fedllm":
+        config["autoencoder"] = {"arch": "resnet3", "compression": 64}
+    summary = {
+        "config": config,
+        "method": method,
+        "rounds": len(accuracies) - 1,
+        "final_accuracy": accuracies[-1],
+        "final_eval_loss": 1.0 - accuracies[-1],
+        "bytes_up_total": cum,
+        "bytes_down_total": 5 * cum,
+        "client_peak_mem_bytes": peak,
+        "wall_s": wall,
+    }
+    if tgap_up:
+        summary.update(tgap_in_run=True, tgap_bytes_up=tgap_up, tgap_bytes_down=7)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+RAW = {
+    "title": "t",
+    "reference": "ref",
+    "variant": [{"name": "ref"}, {"name": "cg"}, {"name": "never"}],
+}
+
+
+def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
+    write_run(tmp_path / "seed-0" / "ref", "lora-fedavg", [0.7, 0.80, 0.86, 0.90], 100)
+    write_run(tmp_path / "seed-1" / "ref", "lora-fedavg", [0.7, 0.84, 0.885, 0.88], 100)
+    # Reaches 0.9 >= 0.88 (ref's final mean 0.89 less 1 point) in round 3, after 3 x 10 bytes.
+    write_run(tmp_path / "seed-0" / "cg", "cg-fedllm", [0.9, 0.5, 0.6, 0.9], 10, tgap_up=500)
+    (tmp_path / "seed-1" / "cg").mkdir(parents=True)
+    (tmp_path / "seed-1" / "cg" / "error.log").write_text("boom")
+
+    rows = converged.collect(RAW, [0, 1], tmp_path)
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    cg = by[("cg", 0)]
+    assert cg["bytes_up_total"] == 30  # TGAP's 500 apart
+    assert cg["tgap_bytes_up"] == 500
+    assert [p["cum_bytes_up"] for p in cg["curve"]] == [500, 10, 20, 30]
+    assert by[("cg", 1)]["status"] == "failed"
+    assert by[("never", 0)]["status"] == "not run"
+
+    table = converged.summarize(RAW, rows, [0, 1], points=1.0, percent=1.0)
+    assert table["target"]["accuracy"] == pytest.approx(0.88)
+    variants = {v["variant"]: v for v in table["variants"]}
+    ref, cg_row = variants["ref"], variants["cg"]
+    assert ref["final_accuracy"] == pytest.approx((0.89, 0.0141421356))
+    # ref seed 0 reaches 0.88 in round 3 (300 bytes), seed 1 in round 2 (200 bytes).
+    assert ref["bytes_up_to_target"] == pytest.approx((250.0, 70.7106781))
+    assert cg_row["bytes_up_to_target"] == pytest.approx((30.0, 0.0))
+    assert cg_row["to_target_saving_x"] == pytest.approx(250 / 30)
+    assert cg_row["uplink_saving_x"] == pytest.approx(300 / 30)
+    assert cg_row["seeds_done"] == [0] and cg_row["not_run"] == [1]
+    assert variants["never"]["seeds_done"] == [] and variants["never"]["not_run"] == [0, 1]
+    # The round-0 accuracy (0.9, untuned) never counts as reaching the target.
+    assert converged.bytes_to_target({"curve": cg["curve"][:2]}, table["target"]) is None
+
+    table["command"] = "x"
+    text = converged.markdown(table)
+    assert "| never | not run |" in text
+    assert "0 (not run: 1)" in text
+
+
+def test_loss_target_when_there_is_no_accuracy() -> None:
+    curve = [
+        {"round": 0, "accuracy": None, "eval_loss": 3.0, "cum_bytes_up": 0},
+        {"round": 1, "accuracy": None, "eval_loss": 2.05, "cum_bytes_up": 10},
+        {"round": 2, "accuracy": None, "eval_loss": 2.01, "cum_bytes_up": 20},
+    ]
+    assert converged.bytes_to_target({"curve": curve}, {"eval_loss": 2.02}) == 20
+    assert converged.bytes_to_target({"curve": curve}, {"eval_loss": 2.0}) is None
+    assert converged.bytes_to_target({"curve": curve}, None) is None
