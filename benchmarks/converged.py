@@ -215,6 +215,7 @@ def summarize(
         mem = mean_spread([r["client_peak_mem_bytes"] for r in mine])
         reached = [r["bytes_up_to_target"] for r in mine]
         to_target = mean_spread(reached) if all(b is not None for b in reached) else None
+        with_tgap = mean_spread([r["bytes_up_total"] + r["tgap_bytes_up"] for r in mine])
         variants.append(
             {
                 "variant": entry["name"],
@@ -233,6 +234,10 @@ def summarize(
                     ref_to_target[0] / to_target[0] if ref_to_target and to_target else None
                 ),
                 "tgap_bytes_up": mean_spread([r["tgap_bytes_up"] for r in mine]),
+                # TGAP's one-off upload amortized over this run's rounds.
+                "uplink_saving_with_tgap_x": (
+                    ref_up[0] / with_tgap[0] if ref_up and with_tgap and with_tgap[0] else None
+                ),
                 "client_peak_mem_bytes": mem,
                 "mem_vs_fed_full": mem[0] / full_mem[0] if mem and full_mem else None,
                 "wall_s": mean_spread([r["wall_s"] for r in mine]),
@@ -266,6 +271,7 @@ def markdown(table: dict[str, Any]) -> str:
         ("loss", "final eval loss"),
         ("up", "uplink MB"),
         ("saving", "uplink saving"),
+        ("tgap", "TGAP MB up (once); saving with it"),
         ("target", "uplink MB to target"),
         ("down", "download MB"),
         ("mem", "client peak MB"),
@@ -295,6 +301,11 @@ def markdown(table: dict[str, Any]) -> str:
                 "up": _pm(v["bytes_up_total"], 1 / MB, 3),
                 "saving": f"{v['uplink_saving_x']:.1f}x" if v["uplink_saving_x"] else "-",
                 "target": target,
+                "tgap": (
+                    f"{v['tgap_bytes_up'][0] / MB:.1f}; {v['uplink_saving_with_tgap_x']:.2f}x"
+                    if v["tgap_bytes_up"] and v["tgap_bytes_up"][0]
+                    else "-"
+                ),
                 "down": _pm(v["bytes_down_total"], 1 / MB, 1),
                 "mem": _pm(v["client_peak_mem_bytes"], 1 / MB, 0),
                 "wall": _pm(v["wall_s"], 1, 0),

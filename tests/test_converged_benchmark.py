@@ -94,6 +94,7 @@ def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
     assert cg_row["bytes_up_to_target"] == pytest.approx((30.0, 0.0))
     assert cg_row["to_target_saving_x"] == pytest.approx(250 / 30)
     assert cg_row["uplink_saving_x"] == pytest.approx(300 / 30)
+    assert cg_row["uplink_saving_with_tgap_x"] == pytest.approx(300 / 530)
     assert cg_row["seeds_done"] == [0] and cg_row["not_run"] == [1]
     assert variants["never"]["seeds_done"] == [] and variants["never"]["not_run"] == [0, 1]
     # The round-0 accuracy (0.9, untuned) never counts as reaching the target.
