@@ -140,6 +140,9 @@ def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         "client_peak_mem_bytes": summary.get("client_peak_mem_bytes"),
         "wall_s": summary.get("wall_s"),
         "local_steps": train_steps,
+        # CG-FedLLM: how well its autoencoder reconstructs held-out TGAP updates.
+        "ae_val_cosine": summary.get("tgap_val_cosine"),
+        "ae_val_snr_db": summary.get("tgap_val_snr_db"),
         "curve": [
             {
                 "round": r["round"],
