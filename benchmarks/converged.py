@@ -159,16 +159,17 @@ def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
 # --- the tables ------------------------------------------------------------------------------
 
 
-def mean_spread(values: list[float]) -> tuple[float, float] | None:
+def mean_spread(values: list[float]) -> tuple[float, float | None] | None:
+    """Mean and sample standard deviation (None with a single value: no spread is known)."""
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def bytes_to_target(row: dict, target: dict[str, float] | None) -> int | None:
     """Training uplink after the first round that reached the target, or None."""
-    if target is None:
+    if not target:
         return None
     for point in row["curve"][1:]:
         accuracy, loss = point["accuracy"], point["eval_loss"]
@@ -187,16 +188,21 @@ def summarize(
     done = [r for r in rows if r["status"] == "done"]
     ref_rows = [r for r in done if r["variant"] == reference]
     target: dict[str, float] | None = None
+    loss_target: dict[str, float] | None = None
     if ref_rows:
         last = [r["curve"][-1] for r in ref_rows]
         accuracies = [p["accuracy"] for p in last if p["accuracy"] is not None]
-        if accuracies:
-            target = {"accuracy": statistics.fmean(accuracies) - points / 100}
-        else:
-            losses = [p["eval_loss"] for p in last]
-            target = {"eval_loss": statistics.fmean(losses) * (1 + percent / 100)}
+        loss_target = {
+            "eval_loss": statistics.fmean(p["eval_loss"] for p in last) * (1 + percent / 100)
+        }
+        # The issue's target: accuracy where there is one, else the eval loss.
+        target = (
+            {"accuracy": statistics.fmean(accuracies) - points / 100} if accuracies else loss_target
+        )
     for row in done:
         row["bytes_up_to_target"] = bytes_to_target(row, target)
+        # Per-round accuracy on a small subset is noisy; the eval loss is the smoother signal.
+        row["bytes_up_to_loss_target"] = bytes_to_target(row, loss_target)
     full_mem = mean_spread(
         [r["client_peak_mem_bytes"] for r in done if r["method"] in ("fed-full",)]
     )
@@ -218,6 +224,8 @@ def summarize(
         mem = mean_spread([r["client_peak_mem_bytes"] for r in mine])
         reached = [r["bytes_up_to_target"] for r in mine]
         to_target = mean_spread(reached) if all(b is not None for b in reached) else None
+        reached_loss = [r["bytes_up_to_loss_target"] for r in mine]
+        to_loss = mean_spread(reached_loss) if None not in reached_loss else None
         with_tgap = mean_spread([r["bytes_up_total"] + r["tgap_bytes_up"] for r in mine])
         variants.append(
             {
@@ -233,6 +241,8 @@ def summarize(
                 "uplink_saving_x": ref_up[0] / up[0] if ref_up and up and up[0] else None,
                 "bytes_up_to_target": to_target,
                 "seeds_reaching_target": sum(b is not None for b in reached),
+                "bytes_up_to_loss_target": to_loss,
+                "seeds_reaching_loss_target": sum(b is not None for b in reached_loss),
                 "to_target_saving_x": (
                     ref_to_target[0] / to_target[0] if ref_to_target and to_target else None
                 ),
@@ -252,6 +262,7 @@ def summarize(
         "reference": reference,
         "seeds": seeds,
         "target": target,
+        "loss_target": loss_target,
         "variants": variants,
         "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
         "curves": {f"{r['variant']}/seed-{r['seed']}": r["curve"] for r in done},
@@ -262,6 +273,8 @@ def _pm(stat: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -
     if stat is None:
         return "-"
     mean, spread = stat
+    if spread is None:
+        return f"{mean * scale:.{digits}f} (1 seed)"
     return f"{mean * scale:.{digits}f} ± {spread * scale:.{digits}f}"
 
 
@@ -276,6 +289,7 @@ def markdown(table: dict[str, Any]) -> str:
         ("saving", "uplink saving"),
         ("tgap", "TGAP MB up (once); saving with it"),
         ("target", "uplink MB to target"),
+        ("loss_target", "uplink MB to loss target"),
         ("down", "download MB"),
         ("mem", "client peak MB"),
         ("wall", "wall s"),
@@ -288,11 +302,16 @@ def markdown(table: dict[str, Any]) -> str:
         seeds = ",".join(str(s) for s in v["seeds_done"])
         if v["not_run"]:
             seeds += f" (not run: {','.join(str(s) for s in v['not_run'])})"
-        reached = v["seeds_reaching_target"]
+        runs = len(v["seeds_done"])
         target = (
             _pm(v["bytes_up_to_target"], 1 / MB, 3)
             if v["bytes_up_to_target"]
-            else f"not reached ({reached}/{len(v['seeds_done'])} seeds)"
+            else f"not reached ({v['seeds_reaching_target']}/{runs} seeds)"
+        )
+        loss_target = (
+            _pm(v["bytes_up_to_loss_target"], 1 / MB, 3)
+            if v["bytes_up_to_loss_target"]
+            else f"not reached ({v['seeds_reaching_loss_target']}/{runs} seeds)"
         )
         lines.append(
             {
@@ -304,6 +323,7 @@ def markdown(table: dict[str, Any]) -> str:
                 "up": _pm(v["bytes_up_total"], 1 / MB, 3),
                 "saving": f"{v['uplink_saving_x']:.1f}x" if v["uplink_saving_x"] else "-",
                 "target": target,
+                "loss_target": loss_target,
                 "tgap": (
                     f"{v['tgap_bytes_up'][0] / MB:.1f}; {v['uplink_saving_with_tgap_x']:.2f}x"
                     if v["tgap_bytes_up"] and v["tgap_bytes_up"][0]
@@ -315,12 +335,13 @@ def markdown(table: dict[str, Any]) -> str:
             }
         )
     target = table["target"]
+    goal = "no reference run"
     if target and "accuracy" in target:
         goal = f"per-round accuracy >= {100 * target['accuracy']:.2f} %"
     elif target:
         goal = f"per-round eval loss <= {target['eval_loss']:.4f}"
-    else:
-        goal = "no reference run"
+    if table["loss_target"]:
+        goal += f"; loss target: per-round eval loss <= {table['loss_target']['eval_loss']:.4f}"
     return "\n".join(
         [
             f"## {table['title']}",
@@ -393,7 +414,7 @@ def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
     right.legend(fontsize=8, ncol=2)
     fig.suptitle(table["title"], fontsize=10)
     fig.tight_layout()
-    path = RESULTS / f"{RESULT_NAME}_{stem}.png"
+    path = RESULTS / f"{stem}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"saved {path}")

@@ -91,7 +91,11 @@ def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
     assert ref["final_accuracy"] == pytest.approx((0.89, 0.0141421356))
     # ref seed 0 reaches 0.88 in round 3 (300 bytes), seed 1 in round 2 (200 bytes).
     assert ref["bytes_up_to_target"] == pytest.approx((250.0, 70.7106781))
-    assert cg_row["bytes_up_to_target"] == pytest.approx((30.0, 0.0))
+    assert cg_row["bytes_up_to_target"] == (pytest.approx(30.0), None)  # one seed: no spread
+    # Loss target: ref's final eval loss (mean 0.11) + 1 %: seed 1 never gets there.
+    assert table["loss_target"]["eval_loss"] == pytest.approx(0.1111)
+    assert ref["bytes_up_to_loss_target"] is None and ref["seeds_reaching_loss_target"] == 1
+    assert cg_row["bytes_up_to_loss_target"] == (pytest.approx(30.0), None)
     assert cg_row["to_target_saving_x"] == pytest.approx(250 / 30)
     assert cg_row["uplink_saving_x"] == pytest.approx(300 / 30)
     assert cg_row["uplink_saving_with_tgap_x"] == pytest.approx(300 / 530)
@@ -104,6 +108,7 @@ def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
     text = converged.markdown(table)
     assert "| never | not run |" in text
     assert "0 (not run: 1)" in text
+    assert "(1 seed)" in text and "not reached (1/2 seeds)" in text
 
 
 def test_loss_target_when_there_is_no_accuracy() -> None:
