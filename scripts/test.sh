@@ -9,4 +9,5 @@ if [ ! -x /usr/bin/chromium ]; then
     || echo "chromium could not be installed: the browser test will be skipped" >&2
 fi
 python3 -m ruff check src tests benchmarks
+python3 -m ruff format --check src tests benchmarks
 python3 -m pytest -q "$@"

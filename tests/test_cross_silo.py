@@ -190,9 +190,7 @@ def server_config(tmp_path, shared_data, clients, *extra):
 
 
 @pytest.mark.slow  # a real SuperLink and three real SuperNodes
-def test_three_organisations_each_with_its_own_file_one_of_them_malformed(
-    tmp_path, shared_data
-):
+def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_path, shared_data):
     (tmp_path / "server").mkdir()
     config = server_config(tmp_path, shared_data, 3)
     orgs = [tmp_path / name for name in ("hospital", "bank", "broken")]
@@ -242,9 +240,7 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(
     ],
     ids=["fedcybgd-delta-sync", "cg-fedllm-tgap", "fed-full"],
 )
-def test_methods_with_client_state_on_organisations_own_files(
-    tmp_path, shared_data, method_args
-):
+def test_methods_with_client_state_on_organisations_own_files(tmp_path, shared_data, method_args):
     (tmp_path / "server").mkdir()
     # Federated evaluation costs every node a ClientApp process per round on the deployment
     # engine; the three-organisation test above covers it.

@@ -472,9 +472,7 @@ def _start_superlink(
     raise AssertionError("unreachable")
 
 
-def shared_file_node_configs(
-    config_file: Path, count: int
-) -> list[dict[str, RunConfigValue]]:
+def shared_file_node_configs(config_file: Path, count: int) -> list[dict[str, RunConfigValue]]:
     """Node configs that give node `i` part `i` of the config's `data.source` (one machine,
     one file: what the simulation trains on, through the deployment's node-local data)."""
     from fedpress.config import load_config
@@ -482,9 +480,7 @@ def shared_file_node_configs(
     source = load_config(str(config_file)).data.source
     if not source.startswith("builtin:") and Path(source).expanduser().exists():
         source = str(Path(source).expanduser().resolve())
-    return [
-        {"data-path": source, "partition-id": i, "num-partitions": count} for i in range(count)
-    ]
+    return [{"data-path": source, "partition-id": i, "num-partitions": count} for i in range(count)]
 
 
 def node_config_arg(config: Mapping[str, RunConfigValue]) -> str:
