@@ -148,7 +148,7 @@ def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
                 "round": r["round"],
                 "accuracy": r.get("accuracy"),
                 "eval_loss": r.get("eval_loss"),
-                "cum_bytes_up": r["cum_bytes_up"] - (tgap_up if r["round"] >= 1 else 0),
+                "cum_bytes_up": r["cum_bytes_up"] - tgap_up,  # TGAP ran in round 0's record
                 "clients_ok": r.get("clients_ok", 0),
             }
             for r in rounds
@@ -376,6 +376,7 @@ def write_results(stem: str, table: dict[str, Any]) -> None:
 
 
 def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
+    """Accuracy (if any) and eval loss against training uplink and against client steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,34 +389,41 @@ def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
     by_variant: dict[str, list[dict]] = {}
     for row in done:
         by_variant.setdefault(row["variant"], []).append(row)
-    metric = "accuracy" if done[0]["curve"][-1]["accuracy"] is not None else "eval_loss"
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    metrics = ["eval_loss"]
+    if done[0]["curve"][-1]["accuracy"] is not None:
+        metrics.insert(0, "accuracy")
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(13, 4.6 * len(metrics)), squeeze=False)
     for name, runs in by_variant.items():
         length = min(len(r["curve"]) for r in runs)
-        ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
         ups = np.array([[p["cum_bytes_up"] for p in r["curve"][:length]] for r in runs]) / MB
         steps = np.arange(length) * runs[0]["local_steps"]
-        scale = 100 if metric == "accuracy" else 1
-        mean, low, high = ys.mean(0) * scale, ys.min(0) * scale, ys.max(0) * scale
-        if runs[0]["method"] not in ("centralized", "centralized-full"):
-            (line,) = left.plot(ups.mean(0), mean, "-", label=name)
-            left.fill_between(ups.mean(0), low, high, color=line.get_color(), alpha=0.2)
-        (line,) = right.plot(steps, mean, "-", label=name)
-        right.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-    label = "per-round accuracy %" if metric == "accuracy" else "per-round eval loss"
-    left.set_xscale("symlog", linthresh=0.1)
-    left.set_xlabel("cumulative training uplink MB (all clients, log scale)")
-    right.set_xlabel("local steps per client (centralized: its steps / clients per round)")
-    for ax in (left, right):
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    left.set_title(f"{metric} vs uplink (band: min-max over seeds)")
-    right.set_title(f"{metric} vs client steps")
-    right.legend(fontsize=8, ncol=2)
+        federated = runs[0]["method"] not in ("centralized", "centralized-full")
+        for (left, right), metric in zip(axes, metrics, strict=True):
+            ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
+            ys *= 100 if metric == "accuracy" else 1
+            mean, low, high = ys.mean(0), ys.min(0), ys.max(0)
+            (line,) = right.plot(steps, mean, "-", label=name)
+            right.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+            if federated:  # centralized sends nothing: no place on the uplink axis
+                left.plot(ups.mean(0), mean, "-", color=line.get_color(), label=name)
+                left.fill_between(ups.mean(0), low, high, color=line.get_color(), alpha=0.15)
+    for (left, right), metric in zip(axes, metrics, strict=True):
+        label = "per-round accuracy %" if metric == "accuracy" else "per-round eval loss"
+        left.set_xscale("symlog", linthresh=0.1)
+        left.set_xlabel("cumulative training uplink MB, all clients (log; TGAP left out)")
+        right.set_xlabel("local steps per sampled client (rounds x local steps)")
+        for ax in (left, right):
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if metric == "eval_loss":
+                ax.set_yscale("log")
+        left.set_title(f"{label} vs uplink (band: min-max over seeds)", fontsize=10)
+        right.set_title(f"{label} vs client steps", fontsize=10)
+    axes[0][1].legend(fontsize=8, ncol=2)
     fig.suptitle(table["title"], fontsize=10)
     fig.tight_layout()
     path = RESULTS / f"{stem}.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     print(f"saved {path}")
 
