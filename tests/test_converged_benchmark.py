@@ -88,6 +88,7 @@ def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
     # Paired: each seed against the reference run of the same seed (its final - 1 point).
     assert table["targets"]["0"]["accuracy"] == pytest.approx(0.89)
     assert table["targets"]["1"]["accuracy"] == pytest.approx(0.87)
+    assert table["accuracy_target_met_untuned"] == []  # round 0 (0.7) is below both
     variants = {v["variant"]: v for v in table["variants"]}
     ref, cg_row = variants["ref"], variants["cg"]
     assert ref["final_accuracy"] == pytest.approx((0.89, 0.0141421356))
