@@ -33,9 +33,9 @@ from typing import Any
 import tomli_w  # comes with flwr (pinned)
 
 from common import MB, REPO, RESULTS, markdown_table, quiet
+from fedpress import registry
 
 RESULT_NAME = "converged"
-NO_COMMUNICATION = ("centralized", "centralized-full", "centralized-cyclic")
 
 
 def main() -> None:
@@ -65,7 +65,7 @@ def main() -> None:
         f" --variants {args.variants}" if args.variants else ""
     )
     write_results(args.matrix.stem, table)
-    plot(args.matrix.stem, raw, rows, table)
+    plot(args.matrix.stem, rows, table)
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def run_seeds(raw: dict, matrix: Path, wanted: list[str], seeds: list[int], out:
         derived = {**raw, "base": {**raw.get("base", {}), "seed": seed}}
         derived["variant"] = [v for v in raw["variant"] if v["name"] in wanted]
         folder = out / f"seed-{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         path = out / f"seed-{seed}.toml"
         header = f"# {matrix} with base.seed = {seed} (written by benchmarks/converged.py)\n"
         path.write_text(header + tomli_w.dumps(derived))
@@ -116,10 +116,11 @@ def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
     tgap_up = summary.get("tgap_bytes_up", 0) if summary.get("tgap_in_run") else 0
     tgap_down = summary.get("tgap_bytes_down", 0) if summary.get("tgap_in_run") else 0
     method = summary["method"]
+    federated = registry.get(method).federated  # centralized ones send nothing
     if method == "cg-fedllm":
         ae = config.get("autoencoder", {})
         codec = f"autoencoder {ae.get('arch')} 1/{ae.get('compression')}"
-    elif method in NO_COMMUNICATION:
+    elif not federated:
         codec = "(no communication)"
     else:
         codec = config.get("uplink_codec", "none")
@@ -129,6 +130,7 @@ def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
         "seed": seed,
         "status": "done",
         "method": method,
+        "federated": federated,
         "codec": codec,
         "rounds": summary["rounds"],
         "final_accuracy": summary.get("final_accuracy"),
@@ -206,7 +208,7 @@ def summarize(
             else loss_targets[ref["seed"]]
         )
     for row in done:
-        federated = row["method"] not in NO_COMMUNICATION
+        federated = row["federated"]
         row["bytes_up_to_target"] = (
             bytes_to_target(row, targets.get(row["seed"])) if federated else None
         )
@@ -242,6 +244,7 @@ def summarize(
             {
                 "variant": entry["name"],
                 "method": mine[0]["method"],
+                "federated": mine[0]["federated"],
                 "codec": mine[0]["codec"],
                 "seeds_done": [r["seed"] for r in mine],
                 "not_run": missing,
@@ -285,7 +288,7 @@ def summarize(
     }
 
 
-def _pm(stat: tuple[float, float] | None, scale: float = 1.0, digits: int = 2) -> str:
+def _pm(stat: tuple[float, float | None] | None, scale: float = 1.0, digits: int = 2) -> str:
     if stat is None:
         return "-"
     mean, spread = stat
@@ -329,7 +332,7 @@ def markdown(table: dict[str, Any]) -> str:
             if v["bytes_up_to_loss_target"]
             else f"not reached ({v['seeds_reaching_loss_target']}/{runs} seeds)"
         )
-        if v["method"] in NO_COMMUNICATION:
+        if not v["federated"]:
             target = loss_target = "-"
         lines.append(
             {
@@ -399,7 +402,7 @@ def write_results(stem: str, table: dict[str, Any]) -> None:
 # --- plots -----------------------------------------------------------------------------------
 
 
-def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
+def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
     """Accuracy (if any) and eval loss against training uplink and against client steps."""
     import matplotlib
 
@@ -421,7 +424,7 @@ def plot(stem: str, raw: dict, rows: list[dict], table: dict[str, Any]) -> None:
         length = min(len(r["curve"]) for r in runs)
         ups = np.array([[p["cum_bytes_up"] for p in r["curve"][:length]] for r in runs]) / MB
         steps = np.arange(length) * runs[0]["local_steps"]
-        federated = runs[0]["method"] not in NO_COMMUNICATION
+        federated = runs[0]["federated"]
         for (left, right), metric in zip(axes, metrics, strict=True):
             ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
             ys *= 100 if metric == "accuracy" else 1
