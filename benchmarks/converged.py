@@ -79,6 +79,8 @@ def run_seeds(raw: dict, matrix: Path, wanted: list[str], seeds: list[int], out:
     for seed in seeds:
         derived = {**raw, "base": {**raw.get("base", {}), "seed": seed}}
         derived["variant"] = [v for v in raw["variant"] if v["name"] in wanted]
+        if derived.get("reference") not in wanted:  # compare wants its reference among them
+            derived.pop("reference", None)
         folder = out / f"seed-{seed}"
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"seed-{seed}.toml"
