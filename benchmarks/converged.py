@@ -34,6 +34,7 @@ import tomli_w  # comes with flwr (pinned)
 
 from common import MB, REPO, RESULTS, markdown_table, quiet
 from fedpress import registry
+from fedpress.report import VariantResult, client_steps, codec_label, load_results, training_bytes
 
 RESULT_NAME = "converged"
 
@@ -96,68 +97,56 @@ def run_seeds(raw: dict, matrix: Path, wanted: list[str], seeds: list[int], out:
 def collect(raw: dict, seeds: list[int], out: Path) -> list[dict[str, Any]]:
     """One row per (variant, seed): the figures of a finished run, or status "not run"."""
     rows = []
-    for variant in raw["variant"]:
-        for seed in seeds:
-            folder = out / f"seed-{seed}" / variant["name"]
-            rows.append(read_run(variant["name"], seed, folder))
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        results = {r.name: r for r in load_results(folder)[1]} if folder.is_dir() else {}
+        for variant in raw["variant"]:
+            rows.append(read_run(variant["name"], seed, results.get(variant["name"])))
     return rows
 
 
-def read_run(name: str, seed: int, folder: Path) -> dict[str, Any]:
-    summary_path = folder / "summary.json"
-    if not summary_path.is_file():
-        error = folder / "error.log"
-        return {
-            "variant": name,
-            "seed": seed,
-            "status": "failed" if error.is_file() else "not run",
-        }
-    summary = json.loads(summary_path.read_text())
-    config = summary["config"]
-    rounds = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    tgap_up = summary.get("tgap_bytes_up", 0) if summary.get("tgap_in_run") else 0
-    tgap_down = summary.get("tgap_bytes_down", 0) if summary.get("tgap_in_run") else 0
-    method = summary["method"]
-    federated = registry.get(method).federated  # centralized ones send nothing
-    if method == "cg-fedllm":
-        ae = config.get("autoencoder", {})
-        codec = f"autoencoder {ae.get('arch')} 1/{ae.get('compression')}"
-    elif not federated:
-        codec = "(no communication)"
-    else:
-        codec = config.get("uplink_codec", "none")
-    train_steps = config["train"]["local_steps"]
+def read_run(name: str, seed: int, result: VariantResult | None) -> dict[str, Any]:
+    if result is None or not result.finished:
+        failed = result is not None and result.status in ("failed", "interrupted")
+        return {"variant": name, "seed": seed, "status": "failed" if failed else "not run"}
+    summary, config = result.summary or {}, result.config
+    tgap = summary.get("tgap_in_run")
+    federated = registry.get(result.method).federated  # centralized ones send nothing
+    cybgd_download = summary.get("download_bytes_per_turn") or {}
     return {
         "variant": name,
         "seed": seed,
         "status": "done",
-        "method": method,
+        "method": result.method,
         "federated": federated,
-        "codec": codec,
+        "codec": codec_label(result) if federated else "(no communication)",
         "rounds": summary["rounds"],
         "final_accuracy": summary.get("final_accuracy"),
         "final_eval_loss": summary.get("final_eval_loss"),
         "final_eval_examples": summary.get("final_eval_examples"),
-        # Training rounds only: TGAP's one-off exchange is reported apart.
-        "bytes_up_total": summary["bytes_up_total"] - tgap_up,
-        "bytes_down_total": summary["bytes_down_total"] - tgap_down,
-        "tgap_bytes_up": tgap_up,
-        "tgap_bytes_down": tgap_down,
+        # Training rounds only: round 0 (the connection, TGAP's one-off exchange) apart.
+        "bytes_up_total": training_bytes(result, "up"),
+        "bytes_down_total": training_bytes(result, "down"),
+        "tgap_bytes_up": summary.get("tgap_bytes_up", 0) if tgap else 0,
+        "tgap_bytes_down": summary.get("tgap_bytes_down", 0) if tgap else 0,
         "client_peak_mem_bytes": summary.get("client_peak_mem_bytes"),
+        "client_steps": client_steps(result),
         "wall_s": summary.get("wall_s"),
-        "local_steps": train_steps,
+        "local_steps": config["train"]["local_steps"],
         # CG-FedLLM: how well its autoencoder reconstructs held-out TGAP updates.
         "ae_val_cosine": summary.get("tgap_val_cosine"),
         "ae_val_snr_db": summary.get("tgap_val_snr_db"),
+        # FedCyBGD: a node's download after its first turn, as a share of the fp32 model.
+        "download_later_share": cybgd_download.get("later_share_of_full_model"),
         "curve": [
             {
                 "round": r["round"],
                 "accuracy": r.get("accuracy"),
                 "eval_loss": r.get("eval_loss"),
-                "cum_bytes_up": r["cum_bytes_up"] - tgap_up,  # TGAP ran in round 0's record
+                "cum_bytes_up": training_bytes(result, "up", r),
                 "clients_ok": r.get("clients_ok", 0),
             }
-            for r in rounds
+            for r in result.rounds
         ],
     }
 
@@ -218,9 +207,9 @@ def summarize(
         row["bytes_up_to_loss_target"] = (
             bytes_to_target(row, loss_targets.get(row["seed"])) if federated else None
         )
-    full_mem = mean_spread(
-        [r["client_peak_mem_bytes"] for r in done if r["method"] in ("fed-full",)]
-    )
+    full_rows = [r for r in done if r["method"] == "fed-full"]
+    full_mem = mean_spread([r["client_peak_mem_bytes"] for r in full_rows])
+    full_loss = mean_spread([r["final_eval_loss"] for r in full_rows])
     ref_up = mean_spread([r["bytes_up_total"] for r in ref_rows])
     ref_to_target = mean_spread(
         [r["bytes_up_to_target"] for r in ref_rows if r.get("bytes_up_to_target")]
@@ -271,6 +260,11 @@ def summarize(
                 ),
                 "client_peak_mem_bytes": mem,
                 "mem_vs_fed_full": mem[0] / full_mem[0] if mem and full_mem else None,
+                "client_steps": mean_spread([r["client_steps"] for r in mine]),
+                "eval_loss_minus_fed_full": (
+                    loss[0] - full_loss[0] if loss and full_loss else None
+                ),
+                "download_later_share": mean_spread([r["download_later_share"] for r in mine]),
                 "wall_s": mean_spread([r["wall_s"] for r in mine]),
             }
         )
@@ -380,12 +374,54 @@ def markdown(table: dict[str, Any]) -> str:
             f"Mean ± standard deviation over seeds. Targets, on the per-round curve, from the "
             f"{table['reference']} run of the same seed (its final per-round accuracy - "
             f"{table['points']:g} point, its final per-round eval loss + {table['percent']:g} %): "
-            f"{goal}. Uplink and download: training rounds (TGAP's one-off exchange apart, in "
-            "converged.json).",
+            f"{goal}. Uplink and download: the training rounds (round 0 apart: the connection "
+            "and TGAP's one-off exchange, given in converged.json).",
             "",
             markdown_table(lines, columns),
+            *block_targets(table),
         ]
     )
+
+
+def block_targets(table: dict[str, Any]) -> list[str]:
+    """FedCyBGD against issue 18's targets, beside the fed-full run of the same matrix."""
+    variants = [v for v in table["variants"] if v.get("method") == "fedcybgd"]
+    full = next((v for v in table["variants"] if v.get("method") == "fed-full"), None)
+    if not variants:
+        return []
+
+    def verdict(value: float | None, limit: float) -> str:
+        return (
+            "-"
+            if value is None
+            else f"{100 * value:.0f} % " + ("met" if value <= limit else "MISSED")
+        )
+
+    lines = []
+    for v in variants:
+        delta = v["eval_loss_minus_fed_full"]
+        share = v["download_later_share"]
+        lines.append(
+            {
+                "variant": v["variant"],
+                "steps": _pm(v["client_steps"], 1, 0)
+                + (f" ({_pm(full['client_steps'], 1, 0)})" if full and full["seeds_done"] else ""),
+                "mem": verdict(v["mem_vs_fed_full"], 0.40),
+                "down": verdict(share[0] if share else None, 0.25),
+                "loss": "-"
+                if delta is None
+                else f"{_pm(v['final_eval_loss'], 1, 4)} vs {_pm(full['final_eval_loss'], 1, 4)}: "
+                + ("met" if delta <= 0 else f"MISSED by {delta:.4f}"),
+            }
+        )
+    columns = [
+        ("variant", "FedCyBGD variant"),
+        ("steps", "client steps (fed-full's)"),
+        ("mem", "client peak memory / fed-full's (<= 40 %)"),
+        ("down", "download per turn after a node's first / fp32 model (<= 25 %)"),
+        ("loss", "final eval loss vs fed-full (at or below)"),
+    ]
+    return ["", markdown_table(lines, columns)]
 
 
 def write_results(stem: str, table: dict[str, Any]) -> None:

@@ -22,21 +22,27 @@ def write_run(
     tgap_up: int = 0,
     peak: int = 1000,
     wall: float = 10.0,
+    extra: dict | None = None,
 ) -> None:
     folder.mkdir(parents=True)
-    cum = tgap_up
+    connect = 3  # round 0's connection query, beside TGAP's snapshots
+    cum = cum_down = 0
     lines = []
     for round_index, accuracy in enumerate(accuracies):
-        if round_index:
-            cum += up_per_round
+        up = up_per_round if round_index else tgap_up + connect
+        down = 5 * up_per_round if round_index else 11
+        cum, cum_down = cum + up, cum_down + down
         lines.append(
             json.dumps(
                 {
                     "round": round_index,
                     "accuracy": accuracy,
                     "eval_loss": 1.0 - accuracy,
+                    "bytes_up": up,
+                    "bytes_down": down,
                     "cum_bytes_up": cum,
-                    "clients_ok": 2,
+                    "cum_bytes_down": cum_down,
+                    "clients_ok": 2 if round_index else 0,
                 }
             )
         )
@@ -51,12 +57,13 @@ def write_run(
         "final_accuracy": accuracies[-1],
         "final_eval_loss": 1.0 - accuracies[-1],
         "bytes_up_total": cum,
-        "bytes_down_total": 5 * cum,
+        "bytes_down_total": cum_down,
         "client_peak_mem_bytes": peak,
         "wall_s": wall,
     }
     if tgap_up:
         summary.update(tgap_in_run=True, tgap_bytes_up=tgap_up, tgap_bytes_down=7)
+    summary.update(extra or {})
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -74,11 +81,14 @@ def test_summary_of_seeds_target_tgap_and_unrun(tmp_path: Path) -> None:
     write_run(tmp_path / "seed-0" / "cg", "cg-fedllm", [0.9, 0.5, 0.6, 0.9], 10, tgap_up=500)
     (tmp_path / "seed-1" / "cg").mkdir(parents=True)
     (tmp_path / "seed-1" / "cg" / "error.log").write_text("boom")
+    statuses = [{"name": "ref", "status": "done"}, {"name": "cg", "status": "failed"}]
+    (tmp_path / "seed-1" / "compare.json").write_text(json.dumps({"variants": statuses}))
 
     rows = converged.collect(RAW, [0, 1], tmp_path)
     by = {(r["variant"], r["seed"]): r for r in rows}
     cg = by[("cg", 0)]
-    assert cg["bytes_up_total"] == 30  # TGAP's 500 apart
+    assert cg["bytes_up_total"] == 30  # TGAP's 500 and the connection's 3 apart
+    assert cg["bytes_down_total"] == 150 and cg["client_steps"] == 3 * 2 * 2
     assert cg["tgap_bytes_up"] == 500
     assert [p["cum_bytes_up"] for p in cg["curve"]] == [0, 10, 20, 30]
     assert by[("cg", 1)]["status"] == "failed"
@@ -123,3 +133,33 @@ def test_loss_target_when_there_is_no_accuracy() -> None:
     assert converged.bytes_to_target({"curve": curve}, {"eval_loss": 2.02}) == 20
     assert converged.bytes_to_target({"curve": curve}, {"eval_loss": 2.0}) is None
     assert converged.bytes_to_target({"curve": curve}, None) is None
+
+
+def test_fedcybgd_targets_against_fed_full(tmp_path: Path) -> None:
+    raw = {"title": "t", "variant": [{"name": "full"}, {"name": "cy"}, {"name": "cy-big"}]}
+    for seed in (0, 1):
+        # Eval loss is 1 - accuracy in these runs: fed-full ends at 0.2, cy at 0.1.
+        write_run(tmp_path / f"seed-{seed}" / "full", "fed-full", [0.5, 0.7, 0.8], 9, peak=1000)
+        turns = {"download_bytes_per_turn": {"later_share_of_full_model": 0.05 + seed / 100}}
+        write_run(
+            tmp_path / f"seed-{seed}" / "cy", "fedcybgd", [0.5, 0.8, 0.9], 1, peak=300, extra=turns
+        )
+    big = {"download_bytes_per_turn": {"later_share_of_full_model": 0.6}}
+    write_run(tmp_path / "seed-0" / "cy-big", "fedcybgd", [0.5, 0.6, 0.7], 1, peak=500, extra=big)
+
+    rows = converged.collect(raw, [0, 1], tmp_path)
+    table = converged.summarize(raw, rows, [0, 1], points=1.0, percent=1.0)
+    variants = {v["variant"]: v for v in table["variants"]}
+    cy, big_row = variants["cy"], variants["cy-big"]
+    assert cy["mem_vs_fed_full"] == pytest.approx(0.3)
+    assert cy["download_later_share"][0] == pytest.approx(0.055)
+    assert cy["eval_loss_minus_fed_full"] == pytest.approx(-0.1)
+    assert big_row["eval_loss_minus_fed_full"] == pytest.approx(0.1)
+    table["command"] = "x"
+    text = converged.markdown(table)
+    assert (
+        "| cy | 8 ± 0 (8 ± 0) | 30 % met | 6 % met | 0.1000 ± 0.0000 vs 0.2000 ± 0.0000: met |"
+        in text
+    )
+    assert "| cy-big | 8 (1 seed) (8 ± 0) | 50 % MISSED | 60 % MISSED |" in text
+    assert "MISSED by 0.1000" in text

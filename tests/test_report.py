@@ -82,7 +82,7 @@ def folder(tmp_path) -> Path:
         tmp_path / "ae",
         "cg-fedllm",
         MB // 16,
-        toml_extra='[autoencoder]\narch = "uformer1"\n',
+        toml_extra='[autoencoder]\narch = "uformer1"\ncompression = 64\n',
         summary_extra={
             "dp_epsilon": 7.9,
             "dp_delta": 1e-5,
@@ -138,7 +138,7 @@ def test_table_has_ratios_dp_and_unknown_methods(folder):
     assert rows["ae"]["uplink ratio"] == "1/2x"  # TGAP's one-off upload included
     assert rows["central"]["uplink ratio"] == "-" and rows["central"]["codec (up / down)"] == "-"
     assert rows["lora-int8"]["codec (up / down)"] == "int8 / none"
-    assert rows["ae"]["codec (up / down)"] == "AE uformer1 / none"
+    assert rows["ae"]["codec (up / down)"] == "AE uformer1 1/64 / none"
     assert rows["ae"]["DP epsilon"] == "7.90 (delta 1e-05)" and rows["lora"]["DP epsilon"] == "-"
     assert rows["cybgd"]["method"] == "fedcybgd"
     # FedCyBGD's own download compression.

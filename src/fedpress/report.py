@@ -242,7 +242,7 @@ def autoencoder_rows(
             continue
         ratio = s.get("compression_ratio")
         tgap_up = s.get("tgap_bytes_up") or 0
-        faf_up = s.get("bytes_up_total", 0) - (tgap_up if s.get("tgap_in_run") else 0)
+        faf_up = training_bytes(r)
         rows.append(
             {
                 "variant": r.name,
@@ -431,11 +431,16 @@ def plot_curves(results: list[VariantResult], path: Path) -> None:
     plt.close(fig)
 
 
-def training_uplink(result: VariantResult, record: dict[str, Any]) -> int:
-    """Uplink bytes up to this round, without round 0's (a one-off phase before training, such
-    as CG-FedLLM's TGAP snapshots, which variants that reuse a collection do not pay again)."""
-    before = sum(x.get("bytes_up", 0) for x in result.rounds if x["round"] == 0)
-    return max(0, record.get("cum_bytes_up", 0) - before)
+def training_bytes(
+    result: VariantResult, link: str = "up", record: dict[str, Any] | None = None
+) -> int:
+    """Bytes on one link ("up" or "down") of the training rounds up to `record` (default: the
+    last), without round 0's: the connection and one-off phases before training, such as
+    CG-FedLLM's TGAP snapshots, which variants that reuse a collection do not pay again."""
+    if record is None:
+        record = result.rounds[-1] if result.rounds else {}
+    before = sum(x.get(f"bytes_{link}", 0) for x in result.rounds if x["round"] == 0)
+    return max(0, record.get(f"cum_bytes_{link}", 0) - before)
 
 
 def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
@@ -454,7 +459,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
         ax.axhline(start * scale, color="0.5", ls=":", lw=1.2, label="before training (round 0)")
     for r in results:
         points = [
-            (training_uplink(r, x) / MB, x[key] * scale)
+            (training_bytes(r, "up", x) / MB, x[key] * scale)
             for x in r.rounds
             if x["round"] > 0 and x.get(key) is not None
         ]
@@ -475,7 +480,7 @@ def plot_tradeoff(results: list[VariantResult], path: Path) -> None:
             fontsize=7,
             color=colors[r.name],
         )
-    spread = [training_uplink(r, x) for r in results if r.federated for x in r.rounds]
+    spread = [training_bytes(r, "up", x) for r in results if r.federated for x in r.rounds]
     spread = [b for b in spread if b > 0]
     log_scale = bool(spread) and max(spread) / min(spread) > 20  # codecs apart by orders
     if log_scale:

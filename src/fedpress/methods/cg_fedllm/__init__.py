@@ -13,7 +13,9 @@ from fedpress.task import build_task
 
 def codec_label(config: dict) -> str:
     autoencoder = config.get("autoencoder") or {}
-    return f"AE {autoencoder.get('arch', '?')} / {config.get('downlink_codec', 'none')}"
+    rate = autoencoder.get("compression")
+    uplink = f"AE {autoencoder.get('arch', '?')}" + (f" 1/{rate}" if rate else "")
+    return f"{uplink} / {config.get('downlink_codec', 'none')}"
 
 
 METHOD = register(
