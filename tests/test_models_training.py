@@ -127,3 +127,41 @@ def test_scoring_only_answer_positions_equals_the_full_logits(monkeypatch, model
     assert abs(untrained.loss - full.loss) > 1e-3  # the adapter did change the scores
     assert fast.accuracy == full.accuracy
     assert abs(fast.loss - full.loss) < 1e-5 * full.loss
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_training_loss_on_answer_positions_equals_the_full_logits_loss(monkeypatch, model_name):
+    """Same loss and same gradients as the model's own loss over every position's logits."""
+    import fedpress.training as training
+    from fedpress.config import load_config
+    from fedpress.task import build_task
+
+    config = load_config(None, [f"model={model_name}", "data.builtin_size=300"])
+    task = build_task(config)
+    data = task.encode_all(task.splits.eval_examples[:6])
+    generator = torch.Generator().manual_seed(0)
+    task.set_adapter(
+        {n: 0.05 * torch.randn(t.shape, generator=generator) for n, t in task.adapter().items()}
+    )
+    model = task.model
+    inputs = training.collate(data, task.tokenizer.pad_token_id, torch.device("cpu"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = training.answer_loss(model, inputs)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in trainable]
+
+    try:
+        fast, fast_grads = loss_and_grads()
+        monkeypatch.setattr(training, "PLAIN_HEAD_MODELS", ())  # every position's logits
+        full, full_grads = loss_and_grads()
+        reference = model(**inputs).loss.item()  # transformers' own causal-LM loss
+    finally:
+        model.zero_grad(set_to_none=True)
+        task.set_adapter(task.initial_adapter)
+    assert fast == pytest.approx(full, rel=1e-5) and full == pytest.approx(reference, rel=1e-5)
+    assert any(g.abs().sum() > 0 for g in fast_grads)
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
