@@ -328,7 +328,7 @@ def markdown(table: dict[str, Any]) -> str:
             if v["bytes_up_to_loss_target"]
             else f"not reached ({v['seeds_reaching_loss_target']}/{runs} seeds)"
         )
-        if not v["federated"]:
+        if not v["federated"] or not table["targets"]:  # nothing to reach: no reference run
             target = loss_target = "-"
         lines.append(
             {
@@ -383,6 +383,11 @@ def markdown(table: dict[str, Any]) -> str:
     )
 
 
+def _steps(variant: dict[str, Any]) -> str:
+    steps = variant.get("client_steps")
+    return "-" if not steps else f"{steps[0]:.0f}"
+
+
 def block_targets(table: dict[str, Any]) -> list[str]:
     """FedCyBGD against issue 18's targets, beside the fed-full run of the same matrix."""
     variants = [v for v in table["variants"] if v.get("method") == "fedcybgd"]
@@ -401,17 +406,18 @@ def block_targets(table: dict[str, Any]) -> list[str]:
     for v in variants:
         delta = v["eval_loss_minus_fed_full"]
         share = v["download_later_share"]
+        loss = "-"
+        if delta is not None:
+            relative = 100 * delta / full["final_eval_loss"][0]
+            loss = f"{_pm(v['final_eval_loss'], 1, 4)} vs {_pm(full['final_eval_loss'], 1, 4)}: "
+            loss += "met" if delta <= 0 else f"MISSED by {delta:.4f} ({relative:+.1f} %)"
         lines.append(
             {
                 "variant": v["variant"],
-                "steps": _pm(v["client_steps"], 1, 0)
-                + (f" ({_pm(full['client_steps'], 1, 0)})" if full and full["seeds_done"] else ""),
+                "steps": _steps(v) + (f" ({_steps(full)})" if full else ""),
                 "mem": verdict(v["mem_vs_fed_full"], 0.40),
                 "down": verdict(share[0] if share else None, 0.25),
-                "loss": "-"
-                if delta is None
-                else f"{_pm(v['final_eval_loss'], 1, 4)} vs {_pm(full['final_eval_loss'], 1, 4)}: "
-                + ("met" if delta <= 0 else f"MISSED by {delta:.4f}"),
+                "loss": loss,
             }
         )
     columns = [
