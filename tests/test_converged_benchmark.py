@@ -153,11 +153,12 @@ def test_fedcybgd_targets_against_fed_full(tmp_path: Path) -> None:
     cy, big_row = variants["cy"], variants["cy-big"]
     assert cy["mem_vs_fed_full"] == pytest.approx(0.3)
     assert cy["download_later_share"][0] == pytest.approx(0.055)
-    assert cy["eval_loss_minus_fed_full"] == pytest.approx(-0.1)
-    assert big_row["eval_loss_minus_fed_full"] == pytest.approx(0.1)
+    assert [x["relative"] for x in cy["eval_loss_vs_fed_full"]] == pytest.approx([-0.5, -0.5])
+    assert big_row["eval_loss_vs_fed_full"][0]["relative"] == pytest.approx(0.5)
     table["command"] = "x"
     text = converged.markdown(table)
-    assert "| cy | 8 (8) | 30 % met | 6 % met | 0.1000 ± 0.0000 vs 0.2000 ± 0.0000: met |" in text
-    assert "| cy-big | 8 (8) | 50 % MISSED | 60 % MISSED |" in text
-    assert "MISSED by 0.1000 (+50.0 %)" in text
+    met = "seed 0: 0.1000 vs 0.2000, -50.0 % met; seed 1: 0.1000 vs 0.2000, -50.0 % met |"
+    assert f"| cy | 8 (8) | 30 % met | 6 % met | {met}" in text
+    assert "| cy-big | 8 (8) | 50 % MISSED | 60 % MISSED | seed 0: 0.3000 vs 0.2000" in text
+    assert "+50.0 % MISSED" in text
     assert "not reached" not in text  # no reference run: no target to reach
