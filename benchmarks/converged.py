@@ -466,6 +466,7 @@ def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter
 
     done = [r for r in rows if r["status"] == "done"]
     if not done:
@@ -501,6 +502,9 @@ def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
             ax.grid(alpha=0.3)
             if metric == "eval_loss":
                 ax.set_yscale("log")
+                plain = FuncFormatter(lambda y, _: f"{y:.2f}")
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_formatter(plain)
         left.set_title(f"{label} vs uplink (band: min-max over seeds)", fontsize=10)
         right.set_title(f"{label} vs client steps", fontsize=10)
     axes[0][1].legend(fontsize=8, ncol=2)
