@@ -102,20 +102,25 @@ def test_multi_token_choices_are_scored_by_summed_logprob(tokenizer):
     assert result.accuracy is not None and 0.0 <= result.accuracy <= 1.0
 
 
-@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
-def test_scoring_only_answer_positions_equals_the_full_logits(monkeypatch, model_name):
-    import fedpress.training as training
+def _task_with_a_random_adapter(model_name: str):  # noqa: ANN202
+    """A tiny model's task with a non-zero adapter, so that its outputs go through LoRA."""
     from fedpress.config import load_config
     from fedpress.task import build_task
 
-    config = load_config(None, [f"model={model_name}", "data.builtin_size=300"])
-    task = build_task(config)
-    data = task.encode_all(task.splits.eval_examples[:40])
+    task = build_task(load_config(None, [f"model={model_name}", "data.builtin_size=300"]))
     generator = torch.Generator().manual_seed(0)
-    trained = {  # a non-zero adapter, so that scoring must go through LoRA
-        n: 0.05 * torch.randn(t.shape, generator=generator) for n, t in task.adapter().items()
-    }
-    task.set_adapter(trained)
+    task.set_adapter(
+        {n: 0.05 * torch.randn(t.shape, generator=generator) for n, t in task.adapter().items()}
+    )
+    return task
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_scoring_only_answer_positions_equals_the_full_logits(monkeypatch, model_name):
+    import fedpress.training as training
+
+    task = _task_with_a_random_adapter(model_name)
+    data = task.encode_all(task.splits.eval_examples[:40])
     try:
         fast = task.evaluate(data)
         monkeypatch.setattr(training, "PLAIN_HEAD_MODELS", ())  # every position's logits
@@ -133,16 +138,9 @@ def test_scoring_only_answer_positions_equals_the_full_logits(monkeypatch, model
 def test_training_loss_on_answer_positions_equals_the_full_logits_loss(monkeypatch, model_name):
     """Same loss and same gradients as the model's own loss over every position's logits."""
     import fedpress.training as training
-    from fedpress.config import load_config
-    from fedpress.task import build_task
 
-    config = load_config(None, [f"model={model_name}", "data.builtin_size=300"])
-    task = build_task(config)
+    task = _task_with_a_random_adapter(model_name)
     data = task.encode_all(task.splits.eval_examples[:6])
-    generator = torch.Generator().manual_seed(0)
-    task.set_adapter(
-        {n: 0.05 * torch.randn(t.shape, generator=generator) for n, t in task.adapter().items()}
-    )
     model = task.model
     inputs = training.collate(data, task.tokenizer.pad_token_id, torch.device("cpu"))
     trainable = [p for p in model.parameters() if p.requires_grad]
