@@ -17,7 +17,7 @@ from fedpress.config import load_config
 from fedpress.flower import client_app as honest
 from fedpress.flower import node, protocol
 from fedpress.flower.simulation import simulate
-from fedpress.methods.centralized import run_centralized_cyclic
+from fedpress.methods.centralized.runs import run_centralized_cyclic
 from fedpress.methods.fed_full.task import build_full_task
 from fedpress.methods.fedcybgd.client import VIEW_META, VIEW_TENSORS
 from fedpress.methods.fedcybgd.server import BLOCK, TURN

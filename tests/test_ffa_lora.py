@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from fedpress.config import load_config
 from fedpress.flower.simulation import simulate
-from fedpress.methods.ffa_lora import build_ffa_task
+from fedpress.methods.ffa_lora.task import build_ffa_task
 from fedpress.task import build_task
 
 pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)

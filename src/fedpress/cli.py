@@ -241,10 +241,11 @@ def quiet(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore")
     # Flower resets its console handler to INFO when a simulation starts; a logger filter holds.
     logging.getLogger("flwr").addFilter(lambda record: record.levelno >= logging.WARNING)
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:  # imported already: it has read the variables above
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from typing import Any
 from tqdm import tqdm
 
 from fedpress import registry
-from fedpress.checkpoint import CHECKPOINT
 from fedpress.config import RunConfig, _build, _set_dotted, covers, load_config, read_toml
 from fedpress.errors import FedpressError
 
@@ -213,6 +212,8 @@ def folder_state(folder: Path, config: RunConfig) -> tuple[str, str]:
         )
     if (folder / "summary.json").is_file():
         return "done", ""
+    from fedpress.checkpoint import CHECKPOINT  # here: it imports torch
+
     if (folder / CHECKPOINT).is_file():
         return "resume", ""
     return "restart", ""  # started, but no round completed: nothing to keep

@@ -4,6 +4,10 @@ ClientApp, the config loader and the reports learn about a method.
 A method is one package under `fedpress.methods` that calls `register(Method(...))` once when
 imported (as PEFT's tuners register themselves). Adding a method is adding that package and
 its name to `BUILTIN`; nothing else changes.
+
+A package's `__init__` names its heavy parts (server, client handlers: torch, transformers,
+peft) as `Lazy("module:function")`, imported on first call, so that the registry, config
+validation and every CLI usage error load in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -47,6 +51,25 @@ BUILTIN = (
 EVALUATE = "evaluate"  # the client phase Flower's evaluate messages go to
 
 ClientHandler = Callable[["Message", "Context", "RunConfig"], "Message"]
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A function named "package.module:function", imported when first called."""
+
+    target: str
+
+    def __post_init__(self) -> None:
+        module, _, name = self.target.partition(":")
+        if not module or not name:
+            raise ValueError(f"Lazy({self.target!r}): give 'package.module:function'")
+
+    def resolve(self) -> Callable[..., Any]:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ from fedpress.config import RunConfig
 
 
 def preflight(config: RunConfig) -> None:
-    """Fail fast, in this process, on what would otherwise fail inside every client."""
+    """Fail fast, in this process, on what would otherwise fail inside every client: the data
+    first (no torch to import for that), then the model's config."""
     from fedpress.data import build_splits
+
+    build_splits(config.data, config.num_clients, config.seed)
     from fedpress.models import config_of
 
     config_of(config.model)
-    build_splits(config.data, config.num_clients, config.seed)
 
 
 def run_config(

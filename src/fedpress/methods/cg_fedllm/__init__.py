@@ -4,11 +4,9 @@ federated fine-tuning (FAF, `server` and `client`)."""
 
 from __future__ import annotations
 
-from fedpress.methods.cg_fedllm import client, server, tgap
-from fedpress.methods.cg_fedllm.settings import AutoencoderConfig, check
-from fedpress.methods.lora_fedavg import client as lora_client
-from fedpress.registry import EVALUATE, Method, register
-from fedpress.task import build_task
+from fedpress.methods.cg_fedllm.settings import TGAP_PHASE, AutoencoderConfig, check
+from fedpress.methods.lora_fedavg import LORA_CLIENT
+from fedpress.registry import EVALUATE, Lazy, Method, register
 
 
 def codec_label(config: dict) -> str:
@@ -25,12 +23,12 @@ METHOD = register(
         # No uplink_codec: the uplink is the autoencoder ([autoencoder]).
         reads=("lora", "autoencoder", "downlink_codec", "codec", "federation", "privacy"),
         section=("autoencoder", AutoencoderConfig),
-        server=server.build_server,
-        client_task=build_task,
+        server=Lazy("fedpress.methods.cg_fedllm.server:build_server"),
+        client_task=Lazy("fedpress.task:build_task"),
         client={
-            "": client.train,
-            EVALUATE: lora_client.evaluate,
-            tgap.PHASE: tgap.client_tgap,
+            "": Lazy("fedpress.methods.cg_fedllm.client:train"),
+            EVALUATE: LORA_CLIENT[EVALUATE],
+            TGAP_PHASE: Lazy("fedpress.methods.cg_fedllm.tgap:client_tgap"),
         },
         validate=check,
         codec_label=codec_label,

@@ -10,6 +10,8 @@ from fedpress.errors import FedpressError, check_choice
 if TYPE_CHECKING:
     from fedpress.config import RunConfig
 
+TGAP_PHASE = "tgap"  # TGAP's ClientApp handler: message type "train.tgap"
+
 
 @dataclass
 class AutoencoderConfig:

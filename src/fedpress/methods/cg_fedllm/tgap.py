@@ -45,12 +45,12 @@ from fedpress.autoencoders.training import (
 from fedpress.codecs import PayloadError, build_codec, pack_payload, unpack_payload
 from fedpress.config import RunConfig
 from fedpress.flower import node, protocol
+from fedpress.methods.cg_fedllm.settings import TGAP_PHASE
 from fedpress.task import LoraTask, build_task
 from fedpress.training import Encoded
 
 log = logging.getLogger("fedpress")
 
-PHASE = "tgap"  # the ClientApp handler: message type "train.tgap"
 SNAPSHOTS = "tgap-snapshots"
 TGAP_METRICS = "tgap-metrics"
 
@@ -149,7 +149,7 @@ def collect_snapshots(grid, config: RunConfig, partitions: dict[int, int], shape
     messages = [
         Message(
             content=RecordDict({protocol.INSTRUCTIONS: instructions}),
-            message_type=f"{MessageType.TRAIN}.{PHASE}",
+            message_type=f"{MessageType.TRAIN}.{TGAP_PHASE}",
             dst_node_id=node_id,
         )
         for node_id in sorted(partitions)

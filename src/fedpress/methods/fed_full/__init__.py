@@ -7,30 +7,16 @@ the changes. The server is LoRA-FedAvg's with the full model as the "adapter"
 accounting are shared.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from fedpress.config import RunConfig
-from fedpress.methods.fed_full.task import build_full_task
-from fedpress.methods.lora_fedavg import client
-from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
-from fedpress.registry import Method, register
-
-
-def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
-    server = LoraFedAvgServer(config, build_full_task(config), out_dir)
-    server.weights_file = "model.safetensors"
-    return server
-
+from fedpress.methods.lora_fedavg import LORA_CLIENT
+from fedpress.registry import Lazy, Method, register
 
 METHOD = register(
     Method(
         name="fed-full",
         about="full-parameter FedAvg: every client trains and sends the whole model",
         reads=("uplink_codec", "downlink_codec", "codec", "federation", "privacy"),
-        server=build_server,
-        client_task=build_full_task,
-        client=client.handlers(build_full_task),
+        server=Lazy("fedpress.methods.fed_full.task:build_server"),
+        client_task=Lazy("fedpress.methods.fed_full.task:build_full_task"),
+        client=LORA_CLIENT,
     )
 )

@@ -8,7 +8,10 @@ run full-parameter tuning unchanged. FedCyBGD narrows what is trainable turn by 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedpress.config import RunConfig
+from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.models import adapter_state, load_base_model, load_tokenizer, resolve_placement
 from fedpress.task import BUILD_LOCK, LoraTask
 
@@ -37,3 +40,9 @@ def _build_full_task(config: RunConfig) -> LoraTask:
         model.eval()
         _CACHE[key] = LoraTask(config, model, tokenizer, placement.device, adapter_state(model))
     return _CACHE[key]
+
+
+def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
+    server = LoraFedAvgServer(config, build_full_task(config), out_dir)
+    server.weights_file = "model.safetensors"
+    return server

@@ -9,22 +9,17 @@ compressed download (docs/fedcybgd.md).
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedpress.config import RunConfig
-from fedpress.methods.fedcybgd import client
-from fedpress.methods.fedcybgd.server import FedCyBGDServer
 from fedpress.methods.fedcybgd.settings import CybgdConfig, check_cybgd
-from fedpress.methods.fedcybgd.turns import cybgd_task
-from fedpress.registry import Method, register
+from fedpress.registry import Lazy, Method, register
+
+if TYPE_CHECKING:
+    from fedpress.config import RunConfig
 
 
 def lora_when_peft(config: RunConfig) -> tuple[str, ...]:
     return ("lora",) if config.cybgd.peft else ()
-
-
-def build_server(config: RunConfig, out_dir: Path) -> FedCyBGDServer:
-    return FedCyBGDServer(config, out_dir)
 
 
 def codec_label(config: dict) -> str:
@@ -47,9 +42,9 @@ METHOD = register(
         reads=("cybgd", "uplink_codec", "codec", "federation"),
         section=("cybgd", CybgdConfig),
         reads_when=lora_when_peft,
-        server=build_server,
-        client_task=cybgd_task,
-        client={"": client.train},
+        server=Lazy("fedpress.methods.fedcybgd.server:FedCyBGDServer"),
+        client_task=Lazy("fedpress.methods.fedcybgd.turns:cybgd_task"),
+        client={"": Lazy("fedpress.methods.fedcybgd.client:train")},
         validate=check_cybgd,
         codec_label=codec_label,
     )

@@ -9,40 +9,16 @@ are LoRA-FedAvg's, on a task whose trainable "adapter" is the B matrices; every 
 builds the same A from the seed.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from fedpress.config import RunConfig
-from fedpress.methods.lora_fedavg import LORA_FEDERATED_KEYS, client
-from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
-from fedpress.models import adapter_state
-from fedpress.registry import Method, register
-from fedpress.task import LoraTask, build_task
-
-
-def build_ffa_task(config: RunConfig) -> LoraTask:
-    """The LoRA task with every `lora_A` frozen: its adapter state is the B matrices."""
-    task = build_task(config)
-    frozen = [p for n, p in task.model.named_parameters() if "lora_A" in n and p.requires_grad]
-    if frozen:
-        for param in frozen:
-            param.requires_grad_(False)
-        task.initial_adapter = adapter_state(task.model)
-    return task
-
-
-def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
-    return LoraFedAvgServer(config, build_ffa_task(config), out_dir)
-
+from fedpress.methods.lora_fedavg import LORA_CLIENT, LORA_FEDERATED_KEYS
+from fedpress.registry import Lazy, Method, register
 
 METHOD = register(
     Method(
         name="ffa-lora",
         about="LoRA with A frozen at its random init; only B trained and sent (FFA-LoRA)",
         reads=LORA_FEDERATED_KEYS,
-        server=build_server,
-        client_task=build_ffa_task,
-        client=client.handlers(build_ffa_task),
+        server=Lazy("fedpress.methods.ffa_lora.task:build_server"),
+        client_task=Lazy("fedpress.methods.ffa_lora.task:build_ffa_task"),
+        client=LORA_CLIENT,
     )
 )

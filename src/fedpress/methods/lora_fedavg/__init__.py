@@ -1,8 +1,6 @@
 """LoRA-FedAvg (FedIT / LoRA-FT): clients train a LoRA adapter, the server averages changes."""
 
-from fedpress.methods.lora_fedavg import client, server
-from fedpress.registry import Method, register
-from fedpress.task import build_task
+from fedpress.registry import EVALUATE, Lazy, Method, register
 
 # What a LoRA method on the federation honours beyond the shared keys.
 LORA_FEDERATED_KEYS = (
@@ -14,13 +12,19 @@ LORA_FEDERATED_KEYS = (
     "privacy",
 )
 
+# The client turns of every LoRA-FedAvg-shaped method, on the task that method builds.
+LORA_CLIENT = {
+    "": Lazy("fedpress.methods.lora_fedavg.client:train"),
+    EVALUATE: Lazy("fedpress.methods.lora_fedavg.client:evaluate"),
+}
+
 METHOD = register(
     Method(
         name="lora-fedavg",
         about="clients train LoRA; the server averages their changes (FedIT)",
         reads=LORA_FEDERATED_KEYS,
-        server=server.build_server,
-        client_task=build_task,
-        client=client.handlers(),
+        server=Lazy("fedpress.methods.lora_fedavg.server:build_server"),
+        client_task=Lazy("fedpress.task:build_task"),
+        client=LORA_CLIENT,
     )
 )

@@ -8,15 +8,20 @@ from collections.abc import Callable
 import torch
 from flwr.app import Context, Message
 
+from fedpress import registry
 from fedpress.accounting import stopwatch
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import node, protocol
-from fedpress.registry import EVALUATE
-from fedpress.task import LoraTask, Shapes, build_task
+from fedpress.task import LoraTask, Shapes
 
 # (message, context, config, shapes) -> the codec this round's change goes through.
 UplinkChoice = Callable[[Message, Context, RunConfig, Shapes], Codec]
+
+
+def method_task(config: RunConfig) -> LoraTask:
+    """The model this node trains, as the run's method builds it (cached per process)."""
+    return registry.get(config.method).client_task(config)
 
 
 def configured_uplink(msg: Message, context: Context, config: RunConfig, shapes: Shapes) -> Codec:
@@ -27,12 +32,12 @@ def train(
     msg: Message,
     context: Context,
     config: RunConfig,
-    task: LoraTask | None = None,
     uplink: UplinkChoice = configured_uplink,
 ) -> Message:
-    """One round on this node. `task` and `uplink` are what variants change (FFA-LoRA's task
-    trains B only, fed-full's every parameter; CG-FedLLM's uplink is the shipped autoencoder)."""
-    task = task or build_task(config)
+    """One round on this node, on the task its method builds (`Method.client_task`: FFA-LoRA's
+    trains B only, fed-full's every parameter). `uplink` is what CG-FedLLM changes: its uplink
+    is the shipped autoencoder."""
+    task = method_task(config)
     server_round = int(msg.content[protocol.INSTRUCTIONS][protocol.SERVER_ROUND])
     partition = node.partition_id(context, config)
     data = node.share(context, config, task)
@@ -63,28 +68,11 @@ def train(
     return node.reply(msg, update, result, memory, codec_s, partition)
 
 
-def evaluate(
-    msg: Message, context: Context, config: RunConfig, task: LoraTask | None = None
-) -> Message:
+def evaluate(msg: Message, context: Context, config: RunConfig) -> Message:
     """Score the global state the server sent on this node's local held-out data."""
-    task = task or build_task(config)
+    task = method_task(config)
     data = node.local_eval(context, config, task)
     if not data:
         raise ValueError("this node has no held-out data (eval-path in its --node-config)")
     task.set_adapter(protocol.record_to_tensors(msg.content[protocol.GLOBAL_ADAPTER]))
     return node.eval_reply(msg, task.evaluate(data))
-
-
-def handlers(
-    build: Callable[[RunConfig], LoraTask] = build_task,
-) -> dict[str, Callable[[Message, Context, RunConfig], Message]]:
-    """The client phases of a LoRA-FedAvg-shaped method whose task `build` makes (FFA-LoRA's
-    B-only task, fed-full's every parameter)."""
-
-    def train_on_task(msg: Message, context: Context, config: RunConfig) -> Message:
-        return train(msg, context, config, task=build(config))
-
-    def evaluate_on_task(msg: Message, context: Context, config: RunConfig) -> Message:
-        return evaluate(msg, context, config, task=build(config))
-
-    return {"": train_on_task, EVALUATE: evaluate_on_task}
