@@ -28,6 +28,12 @@ ARGS = [
     "train.local_steps=3",
     "--set",
     "data.builtin_size=600",
+    # A server optimizer with state (FedAdam's two moments): the resumed run ends on the same
+    # adapter only if the checkpoint carried them.
+    "--set",
+    "server_optimizer.name=fedadam",
+    "--set",
+    "server_optimizer.lr=0.01",
 ]
 
 

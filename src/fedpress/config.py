@@ -148,6 +148,20 @@ class PrivacyConfig:
 
 
 @dataclass
+class ServerOptimizerConfig:
+    """How the server steps the global state with the clients' mean change (Reddi et al. 2021,
+    "Adaptive Federated Optimization"; fedpress.server_optimizer)."""
+
+    # fedavg (add lr x the mean) | fedavgm (server momentum, Hsu et al. 2019) | fedadam
+    name: str = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam
+    beta2: float = 0.99  # fedadam
+    eps: float = 1e-3  # fedadam's tau: the smallest step scale per coordinate
+
+
+@dataclass
 class RunConfig:
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
@@ -166,6 +180,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     # The sections methods bring (`[cybgd]`, `[autoencoder]`): name -> that method's dataclass
     # (registry.Method.section), read as attributes: `config.cybgd.prune_ratio`.
     sections: dict[str, Any] = field(default_factory=lambda: _method_sections({}, ""))
@@ -198,6 +213,9 @@ class RunConfig:
             "runtime.dtype", self.runtime.dtype, ("auto", "float32", "bfloat16", "float16")
         )
         check_choice("runtime.quantize", self.runtime.quantize, ("none", "8bit", "4bit"))
+        check_choice(
+            "server_optimizer.name", self.server_optimizer.name, ("fedavg", "fedavgm", "fedadam")
+        )
         for key, value, low in (
             ("num_clients", self.num_clients, 1),
             ("rounds", self.rounds, 1),
@@ -227,6 +245,7 @@ class RunConfig:
             raise FedpressError("config key 'federation.min_replies' exceeds num_clients")
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
+        _validate_server_optimizer(self.server_optimizer)
         refuse_unread_keys(self, method.keys_read(self))
         if covers(method.keys_read(self), "privacy"):
             _validate_privacy(self.privacy)
@@ -259,6 +278,16 @@ class RunConfig:
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
+
+
+def _validate_server_optimizer(opt: ServerOptimizerConfig) -> None:
+    if not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise FedpressError("config key 'server_optimizer.lr' must be > 0")
+    if not opt.eps > 0:
+        raise FedpressError("config key 'server_optimizer.eps' must be > 0")
+    for key in ("momentum", "beta1", "beta2"):
+        if not 0.0 <= getattr(opt, key) < 1.0:
+            raise FedpressError(f"config key 'server_optimizer.{key}' must be in [0, 1)")
 
 
 def _validate_privacy(dp: PrivacyConfig) -> None:

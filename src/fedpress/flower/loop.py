@@ -101,6 +101,11 @@ class RoundStats:
     aggregated: float = 0.0
 
 
+# Checkpoint tensors under this prefix are `FederatedServer.state_tensors`, the rest the global
+# state (parameter names hold no "/").
+SERVER_STATE = "server-state/"
+
+
 class FederatedServer:
     """The server side of a federated method: what differs between methods."""
 
@@ -160,6 +165,16 @@ class FederatedServer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors a resumed run needs beyond the global state (a server optimizer's moments)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise FedpressError(
+                f"checkpoint holds server state this method has not: {sorted(tensors)[:3]}"
+            )
 
     def summary_extra(self) -> dict[str, Any]:
         return {}
@@ -424,9 +439,15 @@ def run_federation(
     first_round = 1
     if checkpoint is not None:
         tensors, state = checkpoint
+        extra = {
+            k[len(SERVER_STATE) :]: tensors.pop(k)
+            for k in list(tensors)
+            if k.startswith(SERVER_STATE)
+        }
         if set(tensors) != set(server.global_state()):
             raise FedpressError(f"checkpoint in {out_dir} does not match this model")
         server.load_global_state(tensors)
+        server.load_state_tensors(extra)
         sampler.load_state_dict(state.get("sampler", {}))
         server.load_state_dict(state.get("method", {}))
         first_round = state["round"] + 1
@@ -484,9 +505,10 @@ def run_federation(
             stats.aggregated = time.perf_counter()
             evaluate_and_record(server_round)
             progress.update(1)
+            extra = {f"{SERVER_STATE}{k}": v for k, v in server.state_tensors().items()}
             save_checkpoint(
                 out_dir,
-                server.global_state(),
+                {**server.global_state(), **extra},
                 {
                     "round": server_round,
                     "elapsed_s": recorder.elapsed(),

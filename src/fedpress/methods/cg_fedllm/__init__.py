@@ -21,7 +21,15 @@ METHOD = register(
         name="cg-fedllm",
         about="LoRA updates uploaded through a learned autoencoder, pre-trained by TGAP",
         # No uplink_codec: the uplink is the autoencoder ([autoencoder]).
-        reads=("lora", "autoencoder", "downlink_codec", "codec", "federation", "privacy"),
+        reads=(
+            "lora",
+            "autoencoder",
+            "downlink_codec",
+            "codec",
+            "federation",
+            "privacy",
+            "server_optimizer",
+        ),
         section=("autoencoder", AutoencoderConfig),
         server=Lazy("fedpress.methods.cg_fedllm.server:build_server"),
         client_task=Lazy("fedpress.task:build_task"),

@@ -14,7 +14,14 @@ METHOD = register(
     Method(
         name="fed-full",
         about="full-parameter FedAvg: every client trains and sends the whole model",
-        reads=("uplink_codec", "downlink_codec", "codec", "federation", "privacy"),
+        reads=(
+            "uplink_codec",
+            "downlink_codec",
+            "codec",
+            "federation",
+            "privacy",
+            "server_optimizer",
+        ),
         server=Lazy("fedpress.methods.fed_full.task:build_server"),
         client_task=Lazy("fedpress.methods.fed_full.task:build_full_task"),
         client=LORA_CLIENT,

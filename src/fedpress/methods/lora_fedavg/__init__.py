@@ -10,6 +10,7 @@ LORA_FEDERATED_KEYS = (
     "codec",
     "federation",
     "privacy",
+    "server_optimizer",
 )
 
 # The client turns of every LoRA-FedAvg-shaped method, on the task that method builds.

@@ -1,6 +1,7 @@
 """LoRA-FedAvg (FedIT), server side: ship the global adapter (whole, or delta-encoded by the
-downlink codec), decode each client's change, apply the example-weighted mean (or, with
-`privacy.enabled`, the clipped, noised uniform mean of client-level DP)."""
+downlink codec), decode each client's change, step the global adapter with the
+example-weighted mean (or, with `privacy.enabled`, the clipped, noised uniform mean of
+client-level DP) through the server optimizer (`[server_optimizer]`; FedAvg by default)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
 from fedpress.flower.loop import Accepted, FederatedServer
+from fedpress.server_optimizer import ServerOptimizer
 from fedpress.task import LoraTask, build_task
 
 
@@ -28,6 +30,7 @@ class LoraFedAvgServer(FederatedServer):
         )
         self.downlink_codecs: dict[int, Codec] = {}
         self.views: dict[int, dict[str, torch.Tensor]] = {}
+        self.optimizer = ServerOptimizer(config.server_optimizer)
         self.privacy = None
         if config.privacy.enabled:
             from fedpress.privacy import PrivateAggregator
@@ -89,7 +92,13 @@ class LoraFedAvgServer(FederatedServer):
                 name: sum(a.update[name] * (a.weight / total) for a in accepted)
                 for name in self.state
             }
-        self.state = {name: value + mean[name] for name, value in self.state.items()}
+        self.state = self.optimizer.step(self.state, mean)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return self.optimizer.state_tensors()
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.optimizer.load_state_tensors(tensors, self.state)
 
     def nobody_sampled(self, server_round: int) -> None:
         if self.privacy is not None:
