@@ -10,4 +10,4 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 python3 -m ruff check src tests benchmarks
 python3 -m ruff format --check src tests benchmarks
-python3 -m pytest -q "$@"
+python3 -m pytest -q --durations=15 "$@"
