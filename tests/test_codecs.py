@@ -270,6 +270,42 @@ def test_topk_fp16_values_and_count_option():
     assert c.decode(payload, {"x": (5,)})["x"].tolist() == [0.0, -5.0, 0.0, 65504.0, 0.0]
 
 
+@pytest.mark.parametrize("value_dtype", ["fp16", "int8"])
+def test_topk_packed_indices_and_int8_values_keep_the_same_entries(value_dtype):
+    x = torch.randn(576, 8, generator=torch.Generator().manual_seed(4))
+    plain = build_codec("topk", fraction=0.02, value_dtype="fp32", error_feedback=False)
+    packed = build_codec(
+        "topk", fraction=0.02, value_dtype=value_dtype, packed_indices=True, error_feedback=False
+    )
+    shapes = {"x": (576, 8)}
+    want = plain.decode(plain.encode({"x": x}), shapes)["x"]
+    payload = packed.encode({"x": x})
+    got = packed.decode(payload, shapes)["x"]
+    assert torch.equal(got != 0, want != 0)  # the same 93 positions
+    # fp16: relative rounding 2^-11; int8: half a step of absmax / 127.
+    tol = 1e-3 * float(x.abs().max()) if value_dtype == "fp16" else float(x.abs().max()) / 254
+    assert float((got - want).abs().max()) <= tol + 1e-7
+    # 4608 positions need 13 bits: 93 indices in ceil(93 * 13 / 8) = 152 bytes, not 372.
+    assert payload["x/idx"].nbytes == 152
+    per_value = 2 if value_dtype == "fp16" else 1
+    assert nbytes_of(
+        "topk", shapes, fraction=0.02, value_dtype=value_dtype, packed_indices=True
+    ) == 152 + 93 * per_value + (4 if value_dtype == "int8" else 0)
+
+
+def test_validation_rejects_bad_packed_topk_indices():
+    c = build_codec("topk", count=4, packed_indices=True, error_feedback=False)
+    shapes = {"x": (100,)}  # 7 bits a position: 4 in 4 bytes
+    payload = c.encode({"x": torch.arange(100, dtype=torch.float32)})
+    assert c.decode(payload, shapes)["x"].nonzero().flatten().tolist() == [96, 97, 98, 99]
+    from fedpress.codecs._bits import pack_uint
+
+    for bad in ([1, 1, 2, 3], [5, 3, 8, 9], [1, 2, 3, 127]):  # repeated, unordered, >= 100
+        arr = pack_uint(np.array(bad), 7)
+        with pytest.raises(PayloadError, match="packed indices"):
+            c.decode({**payload, "x/idx": arr}, shapes)
+
+
 def test_powersgd_exact_on_low_rank_matrices():
     g = torch.Generator().manual_seed(3)
     for rank_of_m in (4, 2):
@@ -613,7 +649,8 @@ def test_unknown_codec_name_suggests_close_match():
     ("name", "options", "match"),
     [
         ("int8", {"blocksize": 32}, r"unknown option 'blocksize'.*did you mean 'block_size'"),
-        ("topk", {"k": 3}, r"valid options: fraction, count, value_dtype"),
+        ("topk", {"k": 3}, r"valid options: fraction, count, value_dtype, packed_indices"),
+        ("topk", {"packed_indices": "yes"}, "packed_indices must be true or false"),
         ("none", {"block_size": 3}, r"unknown option 'block_size' for codec 'none'"),
         ("int8", {"block_size": 0}, "block_size must be >= 1"),
         ("int4", {"block_size": 2.5}, "block_size must be an integer"),

@@ -101,7 +101,9 @@ class CodecOptions:
     error_feedback: str = "auto"
     block_size: int = 64  # int8, int4: one absmax scale per block
     topk_fraction: float = 0.01
-    topk_value_dtype: str = "fp32"  # fp32 | fp16
+    topk_value_dtype: str = "fp32"  # fp32 | fp16 | int8 (one absmax scale per tensor)
+    # Indices packed at the bits a position needs (13 for a 576 x 8 matrix) instead of int32.
+    topk_packed_indices: bool = False
     powersgd_rank: int = 4
     powersgd_iterations: int = 1
     powersgd_warm_start: bool = True
@@ -199,7 +201,9 @@ class RunConfig:
         check_choice("uplink_codec", self.uplink_codec, CODECS)
         check_choice("downlink_codec", self.downlink_codec, CODECS)
         check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
-        check_choice("codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16"))
+        check_choice(
+            "codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16", "int8")
+        )
         check_choice("data.partition", self.data.partition, ("iid", "dirichlet"))
         check_choice(
             "data.format",

@@ -70,7 +70,11 @@ def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
     per_codec = {
         "int8": {"block_size": options.block_size},
         "int4": {"block_size": options.block_size},
-        "topk": {"fraction": options.topk_fraction, "value_dtype": options.topk_value_dtype},
+        "topk": {
+            "fraction": options.topk_fraction,
+            "value_dtype": options.topk_value_dtype,
+            "packed_indices": options.topk_packed_indices,
+        },
         "powersgd": {
             "rank": options.powersgd_rank,
             "power_iterations": options.powersgd_iterations,
