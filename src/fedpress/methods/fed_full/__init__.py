@@ -7,21 +7,15 @@ the changes. The server is LoRA-FedAvg's with the full model as the "adapter"
 accounting are shared.
 """
 
-from fedpress.methods.lora_fedavg import LORA_CLIENT
+from fedpress.methods.lora_fedavg import LORA_CLIENT, LORA_FEDERATED_KEYS
 from fedpress.registry import Lazy, Method, register
 
 METHOD = register(
     Method(
         name="fed-full",
         about="full-parameter FedAvg: every client trains and sends the whole model",
-        reads=(
-            "uplink_codec",
-            "downlink_codec",
-            "codec",
-            "federation",
-            "privacy",
-            "server_optimizer",
-        ),
+        # LoRA-FedAvg's keys but [lora]: the "adapter" is the whole model.
+        reads=tuple(key for key in LORA_FEDERATED_KEYS if key != "lora"),
         server=Lazy("fedpress.methods.fed_full.task:build_server"),
         client_task=Lazy("fedpress.methods.fed_full.task:build_full_task"),
         client=LORA_CLIENT,
