@@ -5,8 +5,9 @@ uncompressed LoRA-FedAvg, client memory and wall time, with mean and spread over
 Each seed is one `fedpress compare` of the matrix with `base.seed` set, in
 `<out>/seed-<k>/` (so a cut-short invocation resumes: finished variants are skipped, an
 interrupted one resumes from its checkpoint). Then every finished run folder is read back and
-`benchmarks/results/converged.{json,md}` and the plots are rebuilt from them; a variant or seed
-that has no finished run is listed as not run, never filled in.
+`benchmarks/results/converged.{json,md}` and the plots are rebuilt from them, with the runs
+converged.json already recorded (curves included) where no run folder replaces them, marked as
+recorded; a variant or seed that has neither is listed as not run, never filled in.
 
     python benchmarks/converged.py examples/matrices/converged_sst2.toml --seeds 0,1
     python benchmarks/converged.py MATRIX --seeds 0,1 --variants lora-fedavg,int4   # a subset
@@ -59,12 +60,12 @@ def main() -> None:
     out = args.out or REPO / "runs" / args.matrix.stem
     if not args.no_run:
         run_seeds(raw, args.matrix, wanted, seeds, out)
-    rows = collect(raw, seeds, out)
+    rows = collect(raw, seeds, out, recorded_runs(args.matrix.stem))
     table = summarize(raw, rows, seeds, args.accuracy_points, args.loss_percent)
     table["matrix"] = str(args.matrix)
-    table["command"] = f"python benchmarks/converged.py {args.matrix} --seeds {args.seeds}" + (
-        f" --variants {args.variants}" if args.variants else ""
-    )
+    done = [v["variant"] for v in table["variants"] if v["seeds_done"]]
+    every = "" if done == names else f" --variants {','.join(done)}"
+    table["command"] = f"python benchmarks/converged.py {args.matrix} --seeds {args.seeds}{every}"
     write_results(args.matrix.stem, table)
     plot(args.matrix.stem, rows, table)
 
@@ -94,14 +95,41 @@ def run_seeds(raw: dict, matrix: Path, wanted: list[str], seeds: list[int], out:
 # --- reading the runs back -------------------------------------------------------------------
 
 
-def collect(raw: dict, seeds: list[int], out: Path) -> list[dict[str, Any]]:
-    """One row per (variant, seed): the figures of a finished run, or status "not run"."""
+def recorded_runs(stem: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """The finished runs converged.json already holds for this matrix, with their curves.
+
+    Run folders are scratch (gigabytes of checkpoints, lost with the machine); the results file
+    is the record. A row measured by an earlier invocation stays in the tables, marked as
+    such, until a finished run folder of the same variant and seed replaces it.
+    """
+    path = RESULTS / f"{RESULT_NAME}.json"
+    table = json.loads(path.read_text()).get(stem, {}) if path.is_file() else {}
+    curves = table.get("curves", {})
+    recorded = {}
+    for row in table.get("runs", []):
+        curve = curves.get(f"{row['variant']}/seed-{row['seed']}")
+        if row.get("status") == "done" and curve:
+            recorded[row["variant"], row["seed"]] = {**row, "curve": curve, "recorded": True}
+    return recorded
+
+
+def collect(
+    raw: dict,
+    seeds: list[int],
+    out: Path,
+    recorded: dict[tuple[str, int], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (variant, seed): the figures of a finished run folder, else of the recorded
+    run (`recorded_runs`), else status "not run" (or "failed")."""
     rows = []
     for seed in seeds:
         folder = out / f"seed-{seed}"
         results = {r.name: r for r in load_results(folder)[1]} if folder.is_dir() else {}
         for variant in raw["variant"]:
-            rows.append(read_run(variant["name"], seed, results.get(variant["name"])))
+            row = read_run(variant["name"], seed, results.get(variant["name"]))
+            if row["status"] != "done" and (variant["name"], seed) in (recorded or {}):
+                row = recorded[variant["name"], seed]
+            rows.append(row)
     return rows
 
 
@@ -289,6 +317,7 @@ def summarize(
         "accuracy_target_met_untuned": trivial,
         "variants": variants,
         "runs": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
+        "recorded": [f"{r['variant']}/seed-{r['seed']}" for r in done if r.get("recorded")],
         "curves": {f"{r['variant']}/seed-{r['seed']}": r["curve"] for r in done},
     }
 
@@ -387,9 +416,21 @@ def markdown(table: dict[str, Any]) -> str:
             "and TGAP's one-off exchange, given in converged.json).",
             "",
             markdown_table(lines, columns),
+            *recorded_note(table),
             *block_targets(table),
         ]
     )
+
+
+def recorded_note(table: dict[str, Any]) -> list[str]:
+    recorded = table.get("recorded") or []
+    if not recorded:
+        return []
+    return [
+        "",
+        "Runs whose folders were not on the machine that built this table, read from "
+        f"converged.json as an earlier invocation recorded them: {', '.join(recorded)}.",
+    ]
 
 
 def _steps(variant: dict[str, Any]) -> str:

@@ -162,3 +162,33 @@ def test_fedcybgd_targets_against_fed_full(tmp_path: Path) -> None:
     assert "| cy-big | 8 (8) | 50 % MISSED | 60 % MISSED | seed 0: 0.3000 vs 0.2000" in text
     assert "+50.0 % MISSED" in text
     assert "not reached" not in text  # no reference run: no target to reach
+
+
+def test_recorded_runs_stay_until_a_run_folder_replaces_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_run(tmp_path / "seed-0" / "ref", "lora-fedavg", [0.7, 0.8, 0.9], 100)
+    write_run(tmp_path / "seed-0" / "cg", "cg-fedllm", [0.7, 0.8, 0.85], 10)
+    rows = converged.collect(RAW, [0], tmp_path)
+    table = converged.summarize(RAW, rows, [0], points=1.0, percent=1.0)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "converged.json").write_text(json.dumps({"m": table}))
+    monkeypatch.setattr(converged, "RESULTS", results)
+
+    # The run folders are gone; cg of seed 0 has been run again and ends elsewhere.
+    later = tmp_path / "later"
+    write_run(later / "seed-0" / "cg", "cg-fedllm", [0.7, 0.8, 0.6], 10)
+    recorded = converged.recorded_runs("m")
+    assert set(recorded) == {("ref", 0), ("cg", 0)}
+    rows = converged.collect(RAW, [0, 1], later, recorded)
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    assert by[("ref", 0)]["recorded"] and by[("ref", 0)]["final_accuracy"] == 0.9
+    assert not by[("cg", 0)].get("recorded") and by[("cg", 0)]["final_accuracy"] == 0.6
+    assert by[("never", 0)]["status"] == "not run" and by[("ref", 1)]["status"] == "not run"
+    table = converged.summarize(RAW, rows, [0, 1], points=1.0, percent=1.0)
+    assert table["recorded"] == ["ref/seed-0"]
+    assert table["targets"]["0"]["accuracy"] == pytest.approx(0.89)  # from the recorded curve
+    table["command"] = "x"
+    assert "earlier invocation recorded them: ref/seed-0." in converged.markdown(table)
+    assert converged.recorded_runs("absent") == {}
