@@ -60,12 +60,17 @@ def main() -> None:
     out = args.out or REPO / "runs" / args.matrix.stem
     if not args.no_run:
         run_seeds(raw, args.matrix, wanted, seeds, out)
-    rows = collect(raw, seeds, out, recorded_runs(args.matrix.stem))
+    recorded = recorded_runs(args.matrix.stem)
+    # The tables keep every seed measured so far, not only the seeds this invocation ran.
+    seeds = sorted(set(seeds) | {seed for _, seed in recorded})
+    rows = collect(raw, seeds, out, recorded)
     table = summarize(raw, rows, seeds, args.accuracy_points, args.loss_percent)
     table["matrix"] = str(args.matrix)
     done = [v["variant"] for v in table["variants"] if v["seeds_done"]]
     every = "" if done == names else f" --variants {','.join(done)}"
-    table["command"] = f"python benchmarks/converged.py {args.matrix} --seeds {args.seeds}{every}"
+    table["command"] = (
+        f"python benchmarks/converged.py {args.matrix} --seeds {','.join(map(str, seeds))}{every}"
+    )
     write_results(args.matrix.stem, table)
     plot(args.matrix.stem, rows, table)
 
