@@ -35,7 +35,14 @@ import tomli_w  # comes with flwr (pinned)
 
 from common import MB, REPO, RESULTS, markdown_table, quiet
 from fedpress import registry
-from fedpress.report import VariantResult, client_steps, codec_label, load_results, training_bytes
+from fedpress.report import (
+    VariantResult,
+    client_steps,
+    codec_label,
+    load_results,
+    load_run,
+    training_bytes,
+)
 
 RESULT_NAME = "converged"
 
@@ -131,7 +138,11 @@ def collect(
         folder = out / f"seed-{seed}"
         results = {r.name: r for r in load_results(folder)[1]} if folder.is_dir() else {}
         for variant in raw["variant"]:
-            row = read_run(variant["name"], seed, results.get(variant["name"]))
+            result = results.get(variant["name"])
+            if result is None and (folder / variant["name"] / "summary.json").is_file():
+                # Run by an invocation with other --variants: compare.json lists only those.
+                result = load_run(folder / variant["name"])
+            row = read_run(variant["name"], seed, result)
             if row["status"] != "done" and (variant["name"], seed) in (recorded or {}):
                 row = recorded[variant["name"], seed]
             rows.append(row)

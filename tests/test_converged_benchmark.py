@@ -192,3 +192,16 @@ def test_recorded_runs_stay_until_a_run_folder_replaces_them(
     table["command"] = "x"
     assert "earlier invocation recorded them: ref/seed-0." in converged.markdown(table)
     assert converged.recorded_runs("absent") == {}
+
+
+def test_runs_of_other_invocations_are_read_although_compare_json_lists_only_its_own(
+    tmp_path: Path,
+) -> None:
+    write_run(tmp_path / "seed-0" / "ref", "lora-fedavg", [0.7, 0.8, 0.9], 100)
+    write_run(tmp_path / "seed-0" / "cg", "cg-fedllm", [0.7, 0.8, 0.85], 10)
+    statuses = [{"name": "cg", "status": "done"}]  # the later `--variants cg` invocation
+    (tmp_path / "seed-0" / "compare.json").write_text(json.dumps({"variants": statuses}))
+    rows = converged.collect(RAW, [0], tmp_path)
+    by = {r["variant"]: r for r in rows}
+    assert by["ref"]["status"] == "done" and by["ref"]["final_accuracy"] == 0.9
+    assert not by["ref"].get("recorded") and by["never"]["status"] == "not run"

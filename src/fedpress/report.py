@@ -87,27 +87,26 @@ def load_results(folder: Path) -> tuple[dict[str, Any], list[VariantResult]]:
     ]
     if not entries:
         raise FedpressError(f"{folder} holds no runs (no compare.json, no run folders)")
-    results = []
-    for entry in entries:
-        run = folder / entry["name"]
-        summary = _read_json(run / "summary.json")
-        try:
-            config = tomllib.loads((run / "config.toml").read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            config = (summary or {}).get("config") or {}
-        status = entry.get("status") or ("done" if summary else "incomplete")
-        results.append(
-            VariantResult(
-                name=entry["name"],
-                status=status,
-                error=entry.get("error", ""),
-                config=config,
-                summary=summary,
-                rounds=_read_rounds(run / "metrics.jsonl"),
-                overrides=entry.get("overrides", {}),
-            )
-        )
-    return header, results
+    return header, [load_run(folder / entry["name"], entry) for entry in entries]
+
+
+def load_run(run: Path, entry: dict[str, Any] | None = None) -> VariantResult:
+    """One run folder; `entry` is its line in compare.json, if it has one."""
+    entry = entry or {}
+    summary = _read_json(run / "summary.json")
+    try:
+        config = tomllib.loads((run / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        config = (summary or {}).get("config") or {}
+    return VariantResult(
+        name=entry.get("name", run.name),
+        status=entry.get("status") or ("done" if summary else "incomplete"),
+        error=entry.get("error", ""),
+        config=config,
+        summary=summary,
+        rounds=_read_rounds(run / "metrics.jsonl"),
+        overrides=entry.get("overrides", {}),
+    )
 
 
 def reference_of(header: dict[str, Any], results: list[VariantResult]) -> VariantResult | None:
