@@ -392,7 +392,7 @@ def markdown(table: dict[str, Any]) -> str:
                 "acc": _pm(v["final_accuracy"], 100),
                 "loss": _pm(v["final_eval_loss"], 1, 4),
                 "up": _pm(v["bytes_up_total"], 1 / MB, 3),
-                "saving": f"{v['uplink_saving_x']:.1f}x" if v["uplink_saving_x"] else "-",
+                "saving": _ratio(v["uplink_saving_x"]),
                 "target": target,
                 "loss_target": loss_target,
                 "tgap": (
@@ -436,6 +436,13 @@ def markdown(table: dict[str, Any]) -> str:
             *block_targets(table),
         ]
     )
+
+
+def _ratio(value: float | None) -> str:
+    """95.6x; below 1 (full-parameter methods send more than LoRA) with its digits: 0.0068x."""
+    if not value:
+        return "-"
+    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
 
 
 def recorded_note(table: dict[str, Any]) -> list[str]:
