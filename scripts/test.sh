@@ -10,4 +10,6 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 python3 -m ruff check src tests benchmarks
 python3 -m ruff format --check src tests benchmarks
-python3 -m pytest -q --durations=15 "$@"
+# Two workers (FEDPRESS_TEST_WORKERS): a test that starts Flower processes spends much of its
+# time waiting on them, and worksteal keeps both workers busy to the end.
+python3 -m pytest -q --durations=15 -n "${FEDPRESS_TEST_WORKERS:-2}" --dist worksteal "$@"
