@@ -542,7 +542,10 @@ def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
     if done[0]["curve"][-1]["accuracy"] is not None:
         metrics.insert(0, "accuracy")
     fig, axes = plt.subplots(len(metrics), 2, figsize=(13, 4.6 * len(metrics)), squeeze=False)
-    for name, runs in by_variant.items():
+    palette = plt.get_cmap("tab10").colors
+    for index, (name, runs) in enumerate(by_variant.items()):
+        # Ten colours, then the same colours dashed, then dotted: no two variants look alike.
+        color, style = palette[index % 10], ("-", "--", ":")[index // 10 % 3]
         length = min(len(r["curve"]) for r in runs)
         ups = np.array([[p["cum_bytes_up"] for p in r["curve"][:length]] for r in runs]) / MB
         steps = np.arange(length) * runs[0]["local_steps"]
@@ -551,10 +554,10 @@ def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
             ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
             ys *= 100 if metric == "accuracy" else 1
             mean, low, high = ys.mean(0), ys.min(0), ys.max(0)
-            (line,) = right.plot(steps, mean, "-", label=name)
+            (line,) = right.plot(steps, mean, style, color=color, label=name)
             right.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
             if federated:  # centralized sends nothing: no place on the uplink axis
-                left.plot(ups.mean(0), mean, "-", color=line.get_color(), label=name)
+                left.plot(ups.mean(0), mean, style, color=color, label=name)
                 left.fill_between(ups.mean(0), low, high, color=line.get_color(), alpha=0.15)
     for (left, right), metric in zip(axes, metrics, strict=True):
         label = "per-round accuracy %" if metric == "accuracy" else "per-round eval loss"
