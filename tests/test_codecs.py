@@ -293,6 +293,16 @@ def test_topk_packed_indices_and_int8_values_keep_the_same_entries(value_dtype):
     ) == 152 + 93 * per_value + (4 if value_dtype == "int8" else 0)
 
 
+def test_validation_rejects_topk_int8_levels_outside_the_quantiser_range():
+    c = build_codec("topk", count=4, value_dtype="int8", error_feedback=False)
+    shapes = {"x": (100,)}
+    payload = c.encode({"x": torch.arange(100, dtype=torch.float32)})
+    assert payload["x/val"].tolist() == [123, 124, 126, 127]  # 96..99 over absmax 99 / 127
+    levels = payload["x/val"].copy()
+    levels[0] = -128  # int8 holds it; the quantiser never produces it
+    reject(c, {**payload, "x/val": levels}, shapes, "below the minimum")
+
+
 def test_validation_rejects_bad_packed_topk_indices():
     c = build_codec("topk", count=4, packed_indices=True, error_feedback=False)
     shapes = {"x": (100,)}  # 7 bits a position: 4 in 4 bytes

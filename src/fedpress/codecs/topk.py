@@ -5,7 +5,8 @@ feedback (on by default) the dropped rest is sent in later rounds. Per tensor, `
 kept: ``count``, or ``ceil(fraction * n)`` (at least 1; default fraction 0.01), capped at ``n``.
 Indices are int32, strictly increasing, or with ``packed_indices`` packed at the bits a
 position in that tensor needs (13 for a 576 x 8 LoRA matrix); values fp32, fp16 (saturating)
-or int8 (symmetric, one fp32 absmax scale per tensor). Per kept entry: 8 bytes by default,
+or int8 (symmetric, one fp32 absmax scale per tensor: ``int8``'s quantiser with the kept
+values as one block). Per kept entry: 8 bytes by default,
 6 with fp16 values, 2.6 with int8 values and packed indices on a 576 x 8 matrix, so at equal
 bytes the last keeps 2.3x as many entries as fp16 + int32.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ._bits import pack_uint, packed_len, unpack_uint
+from ._blockwise import dequantize_blocks, quantize_blocks
 from .base import (
     FP16_MAX,
     ArraySpec,
@@ -31,6 +33,7 @@ from .base import (
     spec,
     to_numpy,
 )
+from .int8 import QMAX
 
 DEFAULT_FRACTION = 0.01
 _INT32_MAX = 2**31 - 1
@@ -86,12 +89,12 @@ class TopKCodec(TensorwiseCodec):
             layout = {"idx": spec(np.uint8, (packed_len(k, _index_bits(n)),))}
         else:
             layout = {"idx": spec(np.int32, (k,), low=0, high=n - 1, increasing=True)}
-        value_dtype = self.options.value_dtype
-        layout["val"] = spec(
-            {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}[value_dtype], (k,)
-        )
-        if value_dtype == "int8":
+        if self.options.value_dtype == "int8":
+            layout["val"] = spec(np.int8, (k,), low=-QMAX, high=QMAX)
             layout["scale"] = spec(np.float32, (1,), low=0.0)
+        else:
+            float_dtype = np.float16 if self.options.value_dtype == "fp16" else np.float32
+            layout["val"] = spec(float_dtype, (k,))
         return layout
 
     def encode_tensor(self, name: str, flat: torch.Tensor, shape: tuple[int, ...]) -> Payload:
@@ -100,18 +103,17 @@ class TopKCodec(TensorwiseCodec):
         idx = torch.topk(flat.abs(), k, sorted=False).indices.sort().values
         vals = flat[idx]
         payload: Payload = {}
-        if self.options.value_dtype == "fp16":
-            vals = vals.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
-        elif self.options.value_dtype == "int8":
-            scale = vals.abs().max()
-            step = scale / 127 if scale > 0 else torch.ones(())
-            vals = (vals / step).round().clamp(-127, 127).to(torch.int8)
-            payload["scale"] = to_numpy(scale.reshape(1).to(torch.float32))
         if self.options.packed_indices:
             payload["idx"] = pack_uint(idx.numpy(), _index_bits(n))
         else:
             payload["idx"] = to_numpy(idx.to(torch.int32))
-        payload["val"] = to_numpy(vals)
+        if self.options.value_dtype == "int8":
+            levels, payload["scale"] = quantize_blocks(vals, k, QMAX)  # one block: the tensor's
+            payload["val"] = levels.astype(np.int8)
+        elif self.options.value_dtype == "fp16":
+            payload["val"] = to_numpy(vals.clamp(-FP16_MAX, FP16_MAX).to(torch.float16))
+        else:
+            payload["val"] = to_numpy(vals)
         return payload
 
     def _indices(self, fields: Mapping[str, np.ndarray], n: int) -> np.ndarray:
@@ -136,9 +138,10 @@ class TopKCodec(TensorwiseCodec):
         n = int(np.prod(shape))
         out = torch.zeros(n, dtype=torch.float32)
         idx = torch.from_numpy(np.asarray(self._indices(fields, n), dtype=np.int64))
-        vals = from_numpy(fields["val"]).to(torch.float32)
         if self.options.value_dtype == "int8":
-            vals = vals * (float(fields["scale"][0]) / 127)
+            vals = dequantize_blocks(fields["val"], fields["scale"], fields["val"].size)
+        else:
+            vals = from_numpy(fields["val"]).to(torch.float32)
         out[idx] = vals
         return out
 
