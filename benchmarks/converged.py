@@ -554,11 +554,11 @@ def plot(stem: str, rows: list[dict], table: dict[str, Any]) -> None:
             ys = np.array([[p[metric] for p in r["curve"][:length]] for r in runs], dtype=float)
             ys *= 100 if metric == "accuracy" else 1
             mean, low, high = ys.mean(0), ys.min(0), ys.max(0)
-            (line,) = right.plot(steps, mean, style, color=color, label=name)
-            right.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+            right.plot(steps, mean, style, color=color, label=name)
+            right.fill_between(steps, low, high, color=color, alpha=0.15)
             if federated:  # centralized sends nothing: no place on the uplink axis
                 left.plot(ups.mean(0), mean, style, color=color, label=name)
-                left.fill_between(ups.mean(0), low, high, color=line.get_color(), alpha=0.15)
+                left.fill_between(ups.mean(0), low, high, color=color, alpha=0.15)
     for (left, right), metric in zip(axes, metrics, strict=True):
         label = "per-round accuracy %" if metric == "accuracy" else "per-round eval loss"
         left.set_xscale("symlog", linthresh=0.1)

@@ -29,7 +29,7 @@ from common import markdown_table, quiet, save
 from fedpress.config import load_config
 from fedpress.models import load_adapter_state
 from fedpress.task import build_task
-from fedpress.training import _answer_logits, collate
+from fedpress.training import answer_logits, collate, first_answer_positions
 
 RESULT_NAME = "label_words"
 
@@ -90,10 +90,8 @@ def split_loss(task: Any, encoded: list) -> dict[str, float]:
             e.answer_index < 0 for e in batch
         ):
             raise SystemExit("label_words.py needs single-token choices (SST-2, MMLU letters)")
-        logits, _, rows = _answer_logits(model, collate(batch, task.pad_id, device))
-        first: dict[int, int] = {}
-        for index, row in enumerate(rows.tolist()):
-            first.setdefault(row, index)
+        logits, _, rows = answer_logits(model, collate(batch, task.pad_id, device))
+        first = first_answer_positions(rows)
         logprobs = logits.log_softmax(-1)
         for row, e in enumerate(batch):
             choice_logprobs = logprobs[first[row], [c[0] for c in e.choice_ids]]

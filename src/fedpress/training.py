@@ -165,7 +165,7 @@ class EvalResult:
 PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 
 
-def _answer_logits(
+def answer_logits(
     model: torch.nn.Module, inputs: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits [N, vocab] fp32, their targets [N], their rows [N]) at the N positions that
@@ -189,12 +189,21 @@ def _answer_logits(
     return logits, shift_labels[rows, cols], rows
 
 
+def first_answer_positions(rows: torch.Tensor) -> dict[int, int]:
+    """Batch row -> index into `answer_logits`' N positions of that row's first one: the
+    position before its first answer token, whose logits rank single-token choices."""
+    first: dict[int, int] = {}
+    for index, row in enumerate(rows.tolist()):
+        first.setdefault(row, index)
+    return first
+
+
 def answer_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over answer tokens: `model(**inputs).loss`, with the vocabulary
     projection (and its backward pass) only where an answer token is predicted. On SST-2 or
     the built-in task that is one position in ten or more, the head a fifth of SmolLM2's
     compute."""
-    logits, targets, _ = _answer_logits(model, inputs)
+    logits, targets, _ = answer_logits(model, inputs)
     return torch.nn.functional.cross_entropy(logits, targets)
 
 
@@ -217,14 +226,11 @@ def evaluate(
     for begin in range(0, len(data), batch_size):
         batch = [data[i] for i in by_length[begin : begin + batch_size]]
         inputs = collate(batch, pad_id, device)
-        logits, targets, rows = _answer_logits(model, inputs)
+        logits, targets, rows = answer_logits(model, inputs)
         token_loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         total_loss += token_loss.item()
         total_tokens += int(targets.numel())
-        # Each row's first answer-predicting position is the one before its first answer token.
-        first = {}
-        for index, row in enumerate(rows.tolist()):
-            first.setdefault(row, index)
+        first = first_answer_positions(rows)
         for row, e in enumerate(batch):
             if e.answer_index < 0 or not e.choice_ids or e.answer_start == 0:
                 continue
