@@ -8,6 +8,7 @@ import math
 import string
 import tomllib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -218,3 +219,17 @@ def test_valid_toml_invalid_config_is_one_line_exit_2(tmp_path, capsys, case):
     assert err.startswith("fedpress: error: ") and err.count("\n") == 1, err
     # The line names a key it faults (a whole section, or the key with its section).
     assert any(name in err for name in touched), (touched, err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['method = "\\n~"\n', '"train\\nx" = 1\n', '[train]\n"lr\\r" = 1\n'],
+)
+def test_a_line_break_inside_a_faulted_key_or_value_still_gives_one_line(tmp_path, capsys, text):
+    # Found by the fuzz test above: the value was quoted as it stood, line break included.
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fedpress: error: ") and err.count("\n") == 1, err
+    assert "\\n" in err or "\\r" in err, err

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             return REPORT_COMMANDS[args.command](args)
         return _run(args)
     except FedpressError as exc:
-        print(f"fedpress: error: {exc}", file=sys.stderr)
+        # One line whatever the message quotes (a key or value may hold a line break).
+        one_line = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"fedpress: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedpress: interrupted", file=sys.stderr)

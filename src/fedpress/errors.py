@@ -1,6 +1,6 @@
-import difflib
-
 """User-facing errors: the CLI prints them as one line and exits non-zero, no traceback."""
+
+import difflib
 
 
 class FedpressError(Exception):
@@ -13,5 +13,5 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise FedpressError(
-            f"config key '{key}' = '{value}' is not one of {', '.join(choices)}{hint}"
+            f"config key '{key}' = {value!r} is not one of {', '.join(choices)}{hint}"
         )
