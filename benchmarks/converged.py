@@ -442,7 +442,7 @@ def _ratio(value: float | None) -> str:
     """95.6x; below 1 (full-parameter methods send more than LoRA) with its digits: 0.0068x."""
     if not value:
         return "-"
-    return f"{value:.1f}x" if value >= 1 else f"{value:.2g}x"
+    return f"{value:.1f}x" if round(value, 1) >= 1 else f"{value:.2g}x"
 
 
 def recorded_note(table: dict[str, Any]) -> list[str]:
