@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,18 @@ def demo(out: Path) -> dict[str, Any]:
     }
 
 
+def cpu_model() -> str:
+    """The processor's name: machines of the same size differ (a SmolLM2 step took 1.85 s on
+    one 2-core machine, 1.13 s on another), so a figure says which it was taken on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
@@ -198,7 +211,12 @@ def main() -> None:
         "federation.client_cpus": threads,
         "eval.per_round_examples": 100,
     }
-    results: dict[str, Any] = {"threads": threads, "load_at_start": load, "steps": args.steps}
+    results: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "threads": threads,
+        "load_at_start": load,
+        "steps": args.steps,
+    }
     results["plain"] = plain_peft_loop(args.steps, threads)
     results["fedpress_smollm2"] = fedpress_run(smol, work / "smol")
     results["flower_trivial_1x1"] = trivial_flower(1, 1)
@@ -295,7 +313,7 @@ def main() -> None:
     flags = "".join(f" --{f}" for f in ("skip-demo", "tests") if getattr(args, f.replace("-", "_")))
     header = (
         f"`python benchmarks/speed.py{flags}`, "
-        f"{threads} threads, load average {load:.2f} at start and "
+        f"{results['cpu']}, {threads} threads, load average {load:.2f} at start and "
         f"{results['load_at_end']:.2f} at the end ({RESULTS.name}/speed.json has every figure)."
     )
     text = f"{header}\n\n{table}\n\n{breakdown}"

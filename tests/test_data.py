@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -75,7 +76,7 @@ def test_non_utf8_file_is_a_user_error_naming_it(tmp_path, name, fmt, content):
 
 def test_parity_task_answers_are_correct():
     for example in parity_task(200, seed=3):
-        number = int(example.prompt.split()[1])
+        number = int(re.search(r"\d+", example.prompt).group())
         assert example.answer == (" even" if number % 2 == 0 else " odd")
 
 

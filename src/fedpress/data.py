@@ -41,7 +41,10 @@ def parity_task(size: int, seed: int) -> list[Example]:
 
     The answer depends only on the last digit, so a small model can learn it from a few
     hundred examples, while an untuned one is near chance: a clear, fast signal that the
-    federation actually trains the model.
+    federation actually trains the model. The number ends the prompt one token before the
+    answer: with "Is N even or odd?\nAnswer:" SmolLM2 stayed at chance for 64-80 LoRA steps
+    of the demo before learning it (how many depended on the machine); this way it has learned
+    it after 48 on seeds 0-2.
     """
     rng = random.Random(seed)
     examples = []
@@ -49,7 +52,7 @@ def parity_task(size: int, seed: int) -> list[Example]:
         number = rng.randrange(10, 100_000)
         answer = "even" if number % 2 == 0 else "odd"
         examples.append(
-            Example(f"Is {number} even or odd?\nAnswer:", f" {answer}", (" even", " odd"), answer)
+            Example(f"Even or odd: {number} is", f" {answer}", (" even", " odd"), answer)
         )
     return examples
 
