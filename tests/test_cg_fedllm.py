@@ -14,9 +14,10 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE
 from fedpress.autoencoders import ARCHS, Layout, build_autoencoder
 from fedpress.autoencoders.training import save_autoencoder
-from fedpress.codecs import ErrorFeedback, PayloadError
+from fedpress.codecs import ErrorFeedback, PayloadError, pack_payload, unpack_payload
 from fedpress.codecs.autoencoder import AutoencoderCodec
 from fedpress.config import load_config
 from fedpress.errors import FedpressError
@@ -106,7 +107,7 @@ def test_decode_record_rejects_bad_latents(attack):
     codec = _codec(shapes)
     update = {name: torch.randn(shape) * 1e-3 for name, shape in shapes.items()}
     packed = protocol.encode_record(codec, update, shapes)[protocol.PACKED].numpy().copy()
-    payload = protocol.unpack_payload(codec, packed, shapes)
+    payload = unpack_payload(codec, packed, shapes)
     if attack == "nan":
         payload["latent"][0, 0, 0] = np.nan
     elif attack == "inf-scale":
@@ -114,7 +115,7 @@ def test_decode_record_rejects_bad_latents(attack):
     elif attack == "huge-latent":
         payload["latent"][0, 0, 0] = 6e4
     if attack in ("nan", "inf-scale", "huge-latent"):
-        packed = protocol.pack_payload(codec, payload, shapes)
+        packed = pack_payload(codec, payload, shapes)
     elif attack == "truncated":
         packed = packed[:-2]
     else:
@@ -155,7 +156,7 @@ def _tiny_args(*extra: str) -> list[str]:
         "method=cg-fedllm",
         "train.local_steps=2",
         "data.builtin_size=300",
-        "federation.client_cpus=1",
+        *ONE_CORE,
         *FAST_AE,
         *extra,
     ]

@@ -7,6 +7,7 @@ import tomllib
 
 import pytest
 
+from conftest import ONE_CORE_CLI
 from fedpress.config import RunConfig
 
 SUMMARY_KEYS = {
@@ -99,6 +100,7 @@ def test_codecs_shrink_the_measured_messages(tmp_path):
         "uplink_codec=int4",
         "--set",
         "downlink_codec=int8",
+        *ONE_CORE_CLI,
         "--out",
         str(out),
     )

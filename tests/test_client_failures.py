@@ -7,6 +7,7 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from conftest import ONE_CORE
 from fedpress.checkpoint import load_checkpoint
 from fedpress.config import load_config
 from fedpress.errors import FedpressError
@@ -81,6 +82,7 @@ def test_too_few_replies_stop_the_run_cleanly_with_its_checkpoint(tmp_path):
             "data.builtin_size=400",
             "federation.min_replies=2",
             "federation.on_too_few=stop",
+            *ONE_CORE,
         ],
     )
     with pytest.raises(FedpressError, match="round 2 got too few valid client replies"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE_SETTINGS
 from fedpress.checkpoint import CHECKPOINT, save_checkpoint
 from fedpress.compare import load_matrix, run_matrix
 from fedpress.errors import FedpressError
@@ -25,7 +26,7 @@ BASE = {
     "train.local_steps": 2,
     "train.batch_size": 4,
     "eval.per_round_examples": 16,
-    "federation.client_cpus": 1,
+    **ONE_CORE_SETTINGS,
 }
 CENTRAL = {"name": "central", "method": "centralized"}
 FEDAVG = {"name": "fedavg", "method": "lora-fedavg", "uplink_codec": "int8"}

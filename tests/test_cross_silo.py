@@ -3,6 +3,8 @@ name no path, a node loads only a model it was given, and bad local data fails t
 reply (counted by the server) without leaking the file."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,6 +151,50 @@ def build_task_free_splits(config):
     return build_splits(config.data, 2, config.seed)
 
 
+ANSWER_A_QUERY = """
+import json, sys, threading
+sys.argv[0] = sys.argv[1]  # the deployment engine's one-message process, or another
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from fedpress.flower import client_app, protocol
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+asked = ConfigRecord({protocol.RUN_CONFIG: sys.stdin.read(), protocol.SLOT: 1})
+content = RecordDict({protocol.INSTRUCTIONS: asked})
+query = Message(content, message_type=MessageType.QUERY, dst_node_id=1)
+node_config = {"data-path": sys.argv[2], "eval-path": sys.argv[2]}
+context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+reply = client_app.query(query, context)
+print(json.dumps({
+    "info": dict(reply.content[protocol.NODE_INFO]),
+    "imported": [m for m in ("torch", "transformers", "peft") if m in sys.modules],
+    "warming_up": any(t.name == "client-warm-up" for t in threading.enumerate()),
+}))
+"""
+
+
+@pytest.mark.parametrize("process", ["flwr-clientapp", "a-simulation-actor"])
+def test_a_deployed_node_answers_the_query_without_the_training_stack(
+    tmp_path, shared_data, process
+):
+    """The deployment engine starts a process per message: the query, once per node and run,
+    costs ~0.5 s instead of ~5 s of imports (and does not warm up for turns it will not see)."""
+    own = alpaca_file(tmp_path / "own.json", shared_data, 0, 12)
+    answered = subprocess.run(
+        [sys.executable, "-c", ANSWER_A_QUERY, f"/venv/bin/{process}", str(own)],
+        input=tiny_config(tmp_path).to_json(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(answered.stdout.splitlines()[-1])
+    assert result["info"] == {"partition-id": 1, "num-partitions": -1, "has-eval": 1}
+    if process == "flwr-clientapp":
+        assert result["imported"] == [] and not result["warming_up"]
+    else:  # a process that serves the node's later turns builds its task meanwhile
+        assert result["warming_up"]
+
+
 # --------------------------------------------------------------------------- real processes
 
 
@@ -184,6 +230,7 @@ def server_config(tmp_path, shared_data, clients, *extra):
             "eval.per_round_examples=16",
             "federation.min_replies=1",
             "federation.round_timeout_s=240",
+            "runtime.threads=1",  # two tests at once on two cores (conftest.ONE_CORE)
             *extra,
         ],
     )

@@ -13,6 +13,7 @@ from flwr.clientapp import ClientApp
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from conftest import ONE_CORE
 from fedpress.config import load_config
 from fedpress.flower import client_app as honest
 from fedpress.flower import node, protocol
@@ -78,7 +79,7 @@ def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path)
             "train.local_steps=2",
             "data.builtin_size=300",
             "eval.per_round_examples=20",
-            "federation.client_cpus=1",
+            *ONE_CORE,
             # A failed turn is retried (federation.max_retries) like a failed round; a hostile
             # client fails every retry, so none here: each counts once.
             "federation.max_retries=0",
@@ -124,7 +125,7 @@ def test_fed_full_writes_a_loadable_full_model(tmp_path):
             "train.local_steps=1",
             "data.builtin_size=300",
             "eval.per_round_examples=20",
-            "federation.client_cpus=1",
+            *ONE_CORE,
         ],
     )
     out = tmp_path / "run"
@@ -236,7 +237,7 @@ def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, mo
             "train.local_steps=1",
             "data.builtin_size=300",
             "eval.per_round_examples=20",
-            "federation.client_cpus=1",
+            *ONE_CORE,
         ],
     )
     summary = simulate(config, tmp_path / "run", client_app=spy_app)

@@ -4,6 +4,7 @@ trained and sent, and the uplink is about half of LoRA-FedAvg's in the same sett
 import pytest
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE
 from fedpress.config import load_config
 from fedpress.flower.simulation import simulate
 from fedpress.methods.ffa_lora.task import build_ffa_task
@@ -18,7 +19,7 @@ SETTING = [
     "train.local_steps=2",
     "data.builtin_size=300",
     "eval.per_round_examples=20",
-    "federation.client_cpus=1",
+    *ONE_CORE,
 ]
 
 

@@ -11,6 +11,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE
 from fedpress.config import load_config
 from fedpress.flower import client_app as honest
 from fedpress.flower import protocol
@@ -75,7 +76,7 @@ def test_hostile_replies_never_touch_the_global_adapter(tmp_path):
             "rounds=1",
             "train.local_steps=2",
             "data.builtin_size=400",
-            "federation.client_cpus=1",
+            *ONE_CORE,
         ],
     )
     out = tmp_path / "run"

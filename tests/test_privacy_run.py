@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE
 from fedpress.cli import main
 from fedpress.config import load_config
 from fedpress.flower.loop import Sampler
@@ -27,7 +28,7 @@ def test_private_lora_fedavg_reports_the_epsilon_of_its_rounds(tmp_path):
             "train.local_steps=1",
             "data.builtin_size=300",
             "eval.per_round_examples=20",
-            "federation.client_cpus=1",
+            *ONE_CORE,
             "privacy.enabled=true",
             "privacy.noise_multiplier=1.5",
             "privacy.clip_norm=0.05",

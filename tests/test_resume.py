@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ONE_CORE_CLI
+
 pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
 
 ARGS = [
@@ -34,6 +36,7 @@ ARGS = [
     "server_optimizer.name=fedadam",
     "--set",
     "server_optimizer.lr=0.01",
+    *ONE_CORE_CLI,
 ]
 
 

@@ -13,6 +13,11 @@ Everything a node must remember between messages lives in Flower's `Context.stat
 Flower keeps per node for the whole run, also when the deployment engine starts a new
 ClientApp process for every message. Module-level caches here only save recomputation
 (tokenised shares); losing them loses nothing.
+
+That process costs a deployed node ~5 s of CPU for importing torch and transformers, paid for
+each train or evaluate message; the first message (the server's query) needs neither, so this
+module imports them only in the functions that train, and a one-message process does not warm
+up (`warm_up`).
 """
 
 from __future__ import annotations
@@ -20,20 +25,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.data import NodeData, node_data
 from fedpress.errors import FedpressError
 from fedpress.flower import protocol
-from fedpress.memory import training_memory
-from fedpress.task import LoraTask
-from fedpress.training import Encoded, EvalResult, TrainResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedpress.codecs import Codec
+    from fedpress.task import LoraTask
+    from fedpress.training import Encoded, EvalResult, TrainResult
 
 log = logging.getLogger("fedpress")
 
@@ -98,6 +108,8 @@ def node_model(context: Context, config: RunConfig) -> str:
 def use_threads(context: Context, config: RunConfig) -> None:
     """`runtime.threads`, else the cores the simulation gave this client, else (a deployed
     node: the machine is its own) every core."""
+    import torch
+
     from fedpress.flower.loop import client_cpus
 
     if config.runtime.threads:
@@ -254,10 +266,10 @@ def reply(
 
 def warm_up(context: Context, build: Callable[[RunConfig], LoraTask] | None) -> None:
     """Build this node's task and tokenise its share in the background, so that the first
-    turn finds them ready: the server meanwhile evaluates the untrained model. Where the
-    process ends with the reply (the deployment engine starts one per message) nothing is
-    lost; any error here surfaces again, with its reply, in the first turn."""
-    if build is None:
+    turn finds them ready: the server meanwhile evaluates the untrained model. Not where the
+    process ends with the reply (`serves_one_message`): the work would be lost. Any error here
+    surfaces again, with its reply, in the first turn."""
+    if build is None or serves_one_message():
         return
 
     def work() -> None:
@@ -268,6 +280,12 @@ def warm_up(context: Context, build: Callable[[RunConfig], LoraTask] | None) -> 
             log.debug("warm-up failed; the first turn will say why", exc_info=True)
 
     threading.Thread(target=work, name="client-warm-up", daemon=True).start()
+
+
+def serves_one_message() -> bool:
+    """Whether this process ends with its reply: Flower's deployment engine (1.41) runs every
+    message in a new `flwr-clientapp` process; the simulation engine keeps one per client."""
+    return Path(sys.argv[0]).name == "flwr-clientapp"
 
 
 def eval_reply(msg: Message, result: EvalResult) -> Message:
@@ -297,8 +315,8 @@ __all__ = [
     "remember_config",
     "reply",
     "run_config",
+    "serves_one_message",
     "share",
     "train_seed",
-    "training_memory",
     "use_threads",
 ]

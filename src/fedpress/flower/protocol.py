@@ -4,18 +4,27 @@ Keeping the message layout in one place makes the contract between ServerApp and
 explicit and lets the server validate every reply against it. A codec payload travels as one
 packed uint8 array (Flower adds ~128 bytes of framing per array; LoRA has hundreds of small
 tensors), and the receiver unpacks it with the layout of the shapes it already knows.
+
+torch and the codecs are imported by the functions that use them: a deployed node answers the
+server's first query in a process of its own (see `fedpress.flower.node`), which then needs
+neither.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord
 
-from fedpress.codecs import Codec, PayloadError, build_codec, pack_payload, unpack_payload
-from fedpress.config import CodecOptions
 from fedpress.errors import FedpressError
-from fedpress.task import Shapes
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedpress.codecs import Codec
+    from fedpress.config import CodecOptions
+    from fedpress.task import Shapes
 
 # Server -> client (train instruction).
 GLOBAL_ADAPTER = "global-adapter"  # the full global adapter (downlink codec "none")
@@ -62,11 +71,15 @@ def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    import torch
+
     return {name: torch.from_numpy(np.array(a.numpy(), copy=True)) for name, a in record.items()}
 
 
 def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
     """A codec from the run config; error feedback only on the uplink (see CodecOptions)."""
+    from fedpress.codecs import build_codec
+
     per_codec = {
         "int8": {"block_size": options.block_size},
         "int4": {"block_size": options.block_size},
@@ -90,12 +103,16 @@ def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
 
 
 def encode_record(codec: Codec, update: dict[str, torch.Tensor], shapes: Shapes) -> ArrayRecord:
+    from fedpress.codecs import pack_payload
+
     payload = codec.encode(update)
     return ArrayRecord({PACKED: Array(pack_payload(codec, payload, shapes))})
 
 
 def decode_record(codec: Codec, record: ArrayRecord, shapes: Shapes) -> dict[str, torch.Tensor]:
     """Decode a received payload; anything the codec could not have produced is rejected."""
+    from fedpress.codecs import PayloadError, unpack_payload
+
     if list(record.keys()) != [PACKED]:
         raise PayloadError(f"expected one array '{PACKED}', got {sorted(record.keys())[:3]}")
     array = record[PACKED]

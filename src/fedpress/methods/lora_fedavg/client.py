@@ -13,6 +13,7 @@ from fedpress.accounting import stopwatch
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import node, protocol
+from fedpress.memory import training_memory
 from fedpress.task import LoraTask, Shapes
 
 # (message, context, config, shapes) -> the codec this round's change goes through.
@@ -44,7 +45,7 @@ def train(
     with stopwatch() as download_codec:
         global_state = node.receive_global(msg, context, task)
     task.set_adapter(global_state)
-    with node.training_memory(task.device) as memory:
+    with training_memory(task.device) as memory:
         result = task.train_round(
             data,
             server_round,
