@@ -1,7 +1,8 @@
 """The same ServerApp/ClientApp on Flower's deployment engine: a real SuperLink and two real
 SuperNodes on loopback, each naming the data file and its part in --node-config (the helper's
-default). After two complete rounds one SuperNode is killed: the third round completes with
-the other client alone. Nodes with their own files: test_cross_silo.py."""
+default). After a complete round one SuperNode is killed: the second round completes with the
+other client alone (Flower's SuperLink notices a killed node only when its heartbeats stop,
+30-60 s later: the longest part of this test). Nodes with their own files: test_cross_silo.py."""
 
 import json
 import os
@@ -37,13 +38,13 @@ def kill_supernode_after_round(out, round_number: int, index: int, stop: threadi
             os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
-def test_two_rounds_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
+def test_a_round_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
     config = load_config(
         None,
         [
             "model=tiny-gpt2",
             "num_clients=2",
-            "rounds=3",
+            "rounds=2",
             "train.local_steps=2",
             "federation.round_timeout_s=120",
             "federation.min_replies=1",
@@ -53,7 +54,7 @@ def test_two_rounds_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
     config.save(config_path)
     out = tmp_path / "out"
     stop = threading.Event()
-    killer = threading.Thread(target=kill_supernode_after_round, args=(out, 2, 1, stop))
+    killer = threading.Thread(target=kill_supernode_after_round, args=(out, 1, 1, stop))
     killer.start()
     try:
         result = launch_local_deployment(
@@ -70,8 +71,8 @@ def test_two_rounds_on_superlink_and_supernodes_then_one_node_dies(tmp_path):
         killer.join()
     assert result.returncode == 0, f"{result.status}: {result.stdout[-3000:]}"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 3 and summary["num_clients"] == 2
+    assert summary["rounds"] == 2 and summary["num_clients"] == 2
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
-    assert all(r["clients_ok"] == 2 and r["bytes_up"] > 0 for r in rounds[1:3])
-    assert (rounds[3]["clients_ok"], rounds[3]["clients_failed"]) == (1, 1)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[1]["clients_ok"] == 2 and rounds[1]["bytes_up"] > 0
+    assert (rounds[2]["clients_ok"], rounds[2]["clients_failed"]) == (1, 1)
