@@ -19,7 +19,8 @@ Prints and saves `benchmarks/results/speed.{json,md}`:
 - parallel clients on this machine's cores: 2 SmolLM2 clients x 1 thread each (training at the
   same time) against 1 client x 2 threads (one after the other), same steps; the time of
   round 2 (no model loads in it) is compared;
-- with `--tests`: the wall time of `pytest -m "not slow"` and of the whole suite (`pytest`).
+- with `--tests`: the wall time of `pytest -m "not slow"` and of the whole suite (`pytest`),
+  each on scripts/test.sh's two xdist workers.
 
 Ratios compare figures taken in this one invocation, on this machine, under the same load.
 """
@@ -123,8 +124,10 @@ def parallel_clients(threads: int, steps: int, out: Path) -> dict[str, Any]:
 
 
 def time_tests(args: list[str]) -> float:
+    """Wall seconds of pytest on as many workers as scripts/test.sh (what CI runs) uses."""
+    workers = ["-n", os.environ.get("FEDPRESS_TEST_WORKERS", "2"), "--dist", "worksteal"]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", "-q", *args], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "pytest", "-q", *workers, *args], check=True, cwd=REPO)
     return time.perf_counter() - started
 
 
@@ -278,8 +281,8 @@ def main() -> None:
         }
     )
     for key, label, target in (
-        ("tests_quick_s", "quick test tier (`pytest -m 'not slow'`)", "< 180 s"),
-        ("tests_all_s", "whole test suite (`pytest`)", "< 600 s"),
+        ("tests_quick_s", "quick test tier (`pytest -m 'not slow' -n 2`)", "< 180 s"),
+        ("tests_all_s", "whole test suite (`pytest -n 2`, as scripts/test.sh)", "< 600 s"),
     ):
         if key in results:
             rows.append({"figure": label, "value": f"{results[key]:.0f} s", "target": target})
