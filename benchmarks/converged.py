@@ -35,7 +35,7 @@ import tomli_w  # comes with flwr (pinned)
 
 from common import MB, REPO, RESULTS, markdown_table, quiet
 from fedpress import registry
-from fedpress.report import (
+from fedpress.compare_report import (
     VariantResult,
     client_steps,
     codec_label,

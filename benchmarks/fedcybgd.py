@@ -25,7 +25,7 @@ from typing import Any
 
 from common import MB, REPO, markdown_table, quiet, save
 from fedpress.compare import run_matrix
-from fedpress.report import VariantResult, client_steps, load_results
+from fedpress.compare_report import VariantResult, client_steps, load_results
 
 MATRICES = [
     REPO / "examples" / "matrices" / "fedcybgd_sst2.toml",

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+MB = 1_000_000  # what every table and plot means by "MB"
 
 
 def message_nbytes(obj) -> int:  # noqa: ANN001 - a flwr Message or RecordDict
@@ -19,15 +16,9 @@ def message_nbytes(obj) -> int:  # noqa: ANN001 - a flwr Message or RecordDict
     records, each array's chunks); this sums their serialised sizes, the same bytes the
     SuperLink and SuperNodes exchange, not an estimate from parameter counts.
     """
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
     return sum(len(node.deflate()) for node in get_all_nested_objects(obj).values())
-
-
-def peak_memory_bytes(device: torch.device | None = None) -> int:
-    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
-    if device is not None and device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 @contextmanager

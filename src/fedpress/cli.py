@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 
     preflight(config)
     summary = run_config(config, out_dir, resume=bool(args.resume), verbose=args.verbose)
-    from fedpress.reporting import format_summary_table
+    from fedpress.run_files import format_summary_table
 
     print(format_summary_table(summary))
     return 0
@@ -157,7 +157,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from fedpress.report import write_report
+    from fedpress.compare_report import write_report
 
     quiet()
     markdown, html = write_report(Path(args.folder))

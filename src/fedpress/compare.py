@@ -342,6 +342,6 @@ def run_matrix(
 
 
 def _report(out: Path) -> tuple[Path, Path]:
-    from fedpress.report import write_report
+    from fedpress.compare_report import write_report
 
     return write_report(out)

@@ -30,7 +30,7 @@ def run_config(
     config: RunConfig, out_dir: Path, *, resume: bool = False, verbose: bool = False
 ) -> dict[str, Any]:
     """Run `config` into `out_dir` (continuing its checkpoint when `resume`); the summary."""
-    from fedpress.reporting import wait_for_plots
+    from fedpress.run_files import wait_for_plots
 
     out_dir = Path(out_dir)
     method = registry.get(config.method)

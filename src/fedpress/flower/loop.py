@@ -28,14 +28,14 @@ from flwr.serverapp import Grid
 from tqdm import tqdm
 
 from fedpress import registry
-from fedpress.accounting import message_nbytes, stopwatch
+from fedpress.accounting import MB, message_nbytes, stopwatch
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.codecs import PayloadError
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower import protocol
 from fedpress.flower.progress import ProgressGrid
-from fedpress.reporting import MB, RoundRecord, RunRecorder
+from fedpress.run_files import RoundRecord, RunRecorder
 from fedpress.task import LoraTask
 from fedpress.training import EvalResult
 

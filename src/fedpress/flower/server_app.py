@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedpress import registry
 from fedpress.config import RunConfig, load_config
 from fedpress.flower.loop import run_federation
-from fedpress.reporting import wait_for_plots
+from fedpress.run_files import wait_for_plots
 
 # (grid, config, out_dir) -> summary: something else than a method's run (`fedpress tgap`).
 Entry = Callable[[Grid, RunConfig, Path], dict[str, Any]]

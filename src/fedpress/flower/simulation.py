@@ -16,7 +16,7 @@ from fedpress.errors import FedpressError
 from fedpress.flower.client_app import app as fedpress_client_app
 from fedpress.flower.loop import client_cpus, parallel_slots
 from fedpress.flower.server_app import Entry, make_server_app
-from fedpress.reporting import wait_for_plots
+from fedpress.run_files import wait_for_plots
 
 
 def simulate(

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
 from fedpress.config import RunConfig
-from fedpress.reporting import RoundRecord, RunRecorder
+from fedpress.run_files import RoundRecord, RunRecorder
 from fedpress.task import LoraTask
 from fedpress.training import Encoded, TrainResult
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fedpress.errors import FedpressError
-from fedpress.report import (
+from fedpress.compare_report import (
     detail_tables,
     load_results,
     reference_of,
     summary_rows,
     write_report,
 )
+from fedpress.errors import FedpressError
 
 MB = 1_000_000
 

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from fedpress.accounting import MB
 from fedpress.config import RunConfig
-
-MB = 1_000_000
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedpress.accounting import MB
 from fedpress.errors import FedpressError
 
-MB = 1_000_000
 PLOTS = {
     "curves.png": "Accuracy and eval loss against rounds",
     "tradeoff.png": "Accuracy against cumulative uplink MB in training rounds (the communication "
