@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedpress.accounting import MB  # noqa: F401 - re-exported for the benchmark scripts
 from fedpress.cli import quiet  # noqa: F401 - re-exported for the benchmark scripts
 from fedpress.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
-from fedpress.accounting import MB  # noqa: F401 (re-exported for the benchmarks)
 
 
 def sst2_setting(clients: int, rounds: int, local_steps: int, max_train: int) -> dict[str, Any]:
