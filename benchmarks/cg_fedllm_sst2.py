@@ -221,8 +221,8 @@ def main() -> None:
             {
                 "method": "lora-fedavg",
                 "uplink_codec": "topk",
-                "codec.topk_fraction": fraction,
-                "codec.topk_value_dtype": "fp16",
+                "codec.topk.fraction": fraction,
+                "codec.topk.value_dtype": "fp16",
             },
         )
     if "dp" in rows_wanted and archs[0] in metas:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpress.accounting import MB  # noqa: F401 - re-exported for the benchmark scripts
-from fedpress.cli import quiet  # noqa: F401 - re-exported for the benchmark scripts
+from fedpress.console import quiet  # noqa: F401 - re-exported for the benchmark scripts
 from fedpress.config import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

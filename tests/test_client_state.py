@@ -92,7 +92,7 @@ def test_error_feedback_residual_survives_a_process_restart(tmp_path):
             "num_clients=2",
             "uplink_codec=topk",
             "train.local_steps=1",
-            "codec.topk_fraction=0.05",
+            "codec.topk.fraction=0.05",
         ],
     )
     global_record = protocol.tensors_to_record(build_task(config).initial_adapter)

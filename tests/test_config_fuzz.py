@@ -23,6 +23,8 @@ KEYS = [
     "rounds",
     "seed",
     "uplink_codec",
+    "codec.int8.block_size",
+    "codec.topk.fraction",
     "codec.block_size",
     "train.lr",
     "train.local_steps",
@@ -68,13 +70,35 @@ def test_random_toml_files_load_or_fail_cleanly(tmp_path_factory, text):
 # --- valid TOML, invalid config --------------------------------------------------------------
 
 DEFAULTS = RunConfig().to_dict()
-LEAVES = {
-    (section, key): value
-    for section, table in DEFAULTS.items()
-    if isinstance(table, dict)
-    for key, value in table.items()
-} | {(None, key): value for key, value in DEFAULTS.items() if not isinstance(value, dict)}
-SECTIONS = [name for name, value in DEFAULTS.items() if isinstance(value, dict)]
+
+
+def _walk(table: dict, section: str | None = None):
+    """(section, key, value) of every leaf; sections are dotted (`codec.topk`), None at the top."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _walk(value, key if section is None else f"{section}.{key}")
+        else:
+            yield section, key, value
+
+
+def _sections(table: dict, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            names += [f"{prefix}{key}", *_sections(value, f"{prefix}{key}.")]
+    return names
+
+
+LEAVES = {(section, key): value for section, key, value in _walk(DEFAULTS)}
+SECTIONS = _sections(DEFAULTS)  # parents before their sub-tables
+
+
+def table_of(doc: dict, section: str | None) -> dict | None:
+    """The table `section` names in `doc`, or None where a fault made a part of it a value."""
+    node = doc
+    for part in [] if section is None else section.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
 
 finite = {"allow_nan": False, "allow_infinity": False}
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -130,6 +154,13 @@ OUT_OF_RANGE = {
     ("privacy", "clip_norm"): st.floats(max_value=0.0, **finite),
     ("privacy", "delta"): fraction_outside,
     ("privacy", "noise_multiplier"): st.floats(max_value=0.0, exclude_max=True, **finite),
+    # A codec's options: its Options dataclass checks them, when the config loads.
+    ("codec.topk", "fraction"): st.one_of(
+        st.floats(max_value=0.0, **finite), st.floats(min_value=1.0, exclude_min=True, **finite)
+    ),
+    ("codec.int8", "block_size"): below,
+    ("codec.qsgd", "levels"): st.one_of(below, st.integers(min_value=256)),
+    ("codec.powersgd", "rank"): below,
 }
 
 
@@ -145,7 +176,7 @@ def invalid_config(draw) -> tuple[dict, list[str]]:
             value = draw(WRONG_TYPE[type(LEAVES[section, key])])
         elif fault == "unknown":
             section = draw(st.sampled_from([None, *SECTIONS]))
-            known = DEFAULTS if section is None else DEFAULTS[section]
+            known = table_of(DEFAULTS, section)
             key = draw(
                 st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True).filter(
                     lambda k, known=known: k not in known
@@ -161,10 +192,12 @@ def invalid_config(draw) -> tuple[dict, list[str]]:
             section, key = draw(st.sampled_from(floats))
             value = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
         else:
-            section, key, value = None, draw(st.sampled_from(SECTIONS)), draw(st.integers())
-        if section is not None and not isinstance(doc[section], dict):
+            section, _, key = draw(st.sampled_from(SECTIONS)).rpartition(".")
+            section, value = section or None, draw(st.integers())
+        table = table_of(doc, section)
+        if table is None:
             continue  # an earlier fault made this section a number
-        (doc if section is None else doc[section])[key] = value
+        table[key] = value
         touched.append(key if section is None else f"{section}.{key}")
     return doc, touched
 
@@ -187,10 +220,20 @@ def toml_document(doc: dict) -> str:
             return "[" + ", ".join(value(x) for x in v) + "]"
         return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
 
-    tables = {k: v for k, v in doc.items() if k in SECTIONS and isinstance(v, dict)}
-    lines = [f"{k} = {value(v)}" for k, v in doc.items() if k not in tables]
-    for name, table in tables.items():
-        lines += ["", f"[{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    def is_table(section: str, v) -> bool:  # noqa: ANN001
+        return f"{section}" in SECTIONS and isinstance(v, dict)
+
+    def scalars(table: dict, section: str = "") -> list[str]:
+        return [
+            f"{k} = {value(v)}" for k, v in table.items() if not is_table(f"{section}{k}", v)
+        ]
+
+    lines = scalars(doc)
+    for name in SECTIONS:
+        table = table_of(doc, name)
+        parent = table_of(doc, name.rpartition(".")[0] or None)
+        if table is not None and parent is not None:
+            lines += ["", f"[{name}]", *scalars(table, f"{name}.")]
     return "\n".join(lines) + "\n"
 
 

@@ -3,71 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
+from fedpress.console import add_config_arguments, quiet
 from fedpress.errors import FedpressError
+from fedpress.registry import Command
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fedpress import registry
+
     parser = argparse.ArgumentParser(prog="fedpress", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one federated (or centralized) fine-tuning job")
-    run.add_argument("config", nargs="?", help="TOML config (default: the built-in demo)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set model=tiny-llama --set train.lr=1e-3",
-    )
-    run.add_argument("--out", help="output folder (default: runs/<method>-<time>)")
-    run.add_argument(
-        "--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last complete round"
-    )
-    run.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
-    show = sub.add_parser("config", help="print the resolved config as TOML")
-    show.add_argument("config", nargs="?")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    sub.add_parser("methods", help="list the methods and the config keys each one reads")
-    _add_report_commands(sub)
-    tgap = sub.add_parser("tgap", help="CG-FedLLM pre-training alone: collect snapshots, train")
-    tgap.add_argument("config", nargs="?")
-    tgap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    tgap.add_argument("--out", help="output folder (default: runs/tgap-<time>)")
-    tgap.add_argument("--snapshots", help="train on these saved snapshots instead of collecting")
-    tgap.add_argument("--verbose", action="store_true")
-    analyze = sub.add_parser("ae-analyze", help="SNR and noise robustness of a trained autoencoder")
-    analyze.add_argument("folder", help="folder with autoencoder.safetensors/.json")
-    analyze.add_argument("--snapshots", help="snapshots file (default: the folder's)")
-    analyze.add_argument("--sigmas", default="5e-5,5e-4,5e-3,5e-2,5e-1")
+    method_commands = [c for m in registry.all_methods() for c in m.commands]
+    for command in (*COMMANDS, *method_commands):
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+    runs = {c.name: c.run for c in (*COMMANDS, *method_commands)}
     args = parser.parse_args(argv)
     try:
-        if args.command in ("tgap", "ae-analyze"):
-            from fedpress.methods.cg_fedllm.cli import main as ae_main
-
-            return ae_main(args)
-        if args.command == "methods":
-            from fedpress import registry
-
-            for method in registry.all_methods():
-                kind = "federated" if method.federated else "local"
-                print(f"{method.name:20s} {kind:9s}  {method.about}")
-                print(f"{'':32s}reads: {', '.join(method.reads) or '(shared keys only)'}")
-            return 0
-        if args.command == "config":
-            from fedpress.config import load_config
-
-            print(load_config(args.config, args.overrides).to_toml(), end="")
-            return 0
-        if args.command in REPORT_COMMANDS:
-            return REPORT_COMMANDS[args.command](args)
-        return _run(args)
+        return runs[args.command](args)
     except FedpressError as exc:
         # One line whatever the message quotes (a key or value may hold a line break).
         one_line = str(exc).replace("\r", "\\r").replace("\n", "\\n")
@@ -76,6 +32,32 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedpress: interrupted", file=sys.stderr)
         return 130
+
+
+def _run_arguments(run: argparse.ArgumentParser) -> None:
+    add_config_arguments(run)
+    run.add_argument("--out", help="output folder (default: runs/<method>-<time>)")
+    run.add_argument(
+        "--resume", metavar="RUN_FOLDER", help="continue a stopped run from its last complete round"
+    )
+    run.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from fedpress import registry
+
+    for method in registry.all_methods():
+        kind = "federated" if method.federated else "local"
+        print(f"{method.name:20s} {kind:9s}  {method.about}")
+        print(f"{'':32s}reads: {', '.join(method.reads) or '(shared keys only)'}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from fedpress.config import load_config
+
+    print(load_config(args.config, args.overrides).to_toml(), end="")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,9 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_report_commands(sub: argparse._SubParsersAction) -> None:
-    """compare, report, eval, export: working with finished runs."""
-    compare = sub.add_parser("compare", help="run a matrix of configs and report them together")
+def _compare_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("matrix", help="matrix TOML: [base] config plus [[variant]] overrides")
     compare.add_argument("--out", help="compare folder (default: runs/<matrix name>)")
     compare.add_argument(
@@ -111,9 +91,9 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
         help="rename variant folders that hold a different config instead of stopping",
     )
     compare.add_argument("--verbose", action="store_true", help="show Flower and Ray logs")
-    report = sub.add_parser("report", help="rebuild report.md / report.html of a compare folder")
-    report.add_argument("folder")
-    evaluate = sub.add_parser("eval", help="multiple-choice accuracy on MMLU-layout CSVs")
+
+
+def _eval_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("target", help="run folder, or model alias / Hugging Face id / path")
     evaluate.add_argument("--data", required=True, help="MMLU-layout CSV file or folder")
     evaluate.add_argument("--dev", help="dev folder the k-shot examples come from")
@@ -122,16 +102,17 @@ def _add_report_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--max-length", type=int, default=1024, help="tokens per prompt")
     evaluate.add_argument("--batch-size", type=int, default=4)
     evaluate.add_argument("--out", help="JSON result (default: <run>/mcq-<k>shot.json)")
-    export = sub.add_parser("export", help="the tuned model as a Hugging Face folder")
+
+
+def _export_arguments(export: argparse.ArgumentParser) -> None:
     export.add_argument("run_folder")
     mode = export.add_mutually_exclusive_group()
     mode.add_argument("--merge", action="store_true", help="LoRA merged into the base (default)")
     mode.add_argument("--adapter", action="store_true", help="a PEFT adapter folder")
     export.add_argument("--out", required=True, help="folder to write")
-    local = sub.add_parser(
-        "deploy-local",
-        help="try the deployment engine on this machine: SuperLink + one SuperNode per client",
-    )
+
+
+def _deploy_local_arguments(local: argparse.ArgumentParser) -> None:
     local.add_argument("config", help="fedpress run TOML")
     local.add_argument("--out", help="output folder (default: runs/deployed-<time>)")
     local.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
@@ -224,30 +205,36 @@ def _deploy_local(args: argparse.Namespace) -> int:
     return 0
 
 
-REPORT_COMMANDS = {
-    "compare": _compare,
-    "report": _report,
-    "eval": _eval,
-    "export": _export,
-    "deploy-local": _deploy_local,
-}
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
 
 
-def quiet(verbose: bool = False) -> None:
-    """Keep the terminal to progress bars, warnings and the result table."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if verbose:
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
-    # Flower resets its console handler to INFO when a simulation starts; a logger filter holds.
-    logging.getLogger("flwr").addFilter(lambda record: record.levelno >= logging.WARNING)
-    if "transformers" in sys.modules:  # imported already: it has read the variables above
-        from transformers.utils import logging as hf_logging
+def _folder_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder")
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+
+# The core's commands; a method adds its own through `registry.Method.commands`.
+COMMANDS = (
+    Command("run", "run one federated (or centralized) fine-tuning job", _run_arguments, _run),
+    Command("config", "print the resolved config as TOML", add_config_arguments, _config),
+    Command(
+        "methods", "list the methods and the config keys each one reads", _no_arguments, _methods
+    ),
+    Command(
+        "compare", "run a matrix of configs and report them together", _compare_arguments, _compare
+    ),
+    Command(
+        "report", "rebuild report.md / report.html of a compare folder", _folder_argument, _report
+    ),
+    Command("eval", "multiple-choice accuracy on MMLU-layout CSVs", _eval_arguments, _eval),
+    Command("export", "the tuned model as a Hugging Face folder", _export_arguments, _export),
+    Command(
+        "deploy-local",
+        "try the deployment engine on this machine: SuperLink + one SuperNode per client",
+        _deploy_local_arguments,
+        _deploy_local,
+    ),
+)
 
 
 if __name__ == "__main__":

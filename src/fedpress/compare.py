@@ -16,7 +16,7 @@ A matrix file is a base config plus variants, each a name and the keys it overri
     [[variant]]
     name = "lora-int8"
     uplink_codec = "int8"
-    codec = { block_size = 128 }       # nested tables and dotted keys both work
+    codec = { int8.block_size = 128 }  # nested tables and dotted keys both work
 
 Each variant runs in `<out>/<name>/` through `runner.run_config`, so every method `fedpress
 run` knows works here too. A compare can be repeated: finished variants (summary.json

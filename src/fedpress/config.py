@@ -7,10 +7,13 @@ resolved config next to the results so any run can be repeated exactly.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
+import logging
 import math
+import re
 import tomllib
 import types
 import typing
@@ -18,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
+from fedpress import registry
+from fedpress.codecs.registry import CODEC_NAMES, CODECS
 from fedpress.errors import FedpressError, check_choice
 
-CODECS = ("none", "fp16", "bf16", "int8", "int4", "topk", "powersgd", "qsgd", "sign")
+log = logging.getLogger("fedpress")
 
 
 @dataclass
@@ -92,22 +99,37 @@ class FederationConfig:
     max_retries: int = 2
 
 
+class Sectioned:
+    """A config table whose sub-tables come from a registry, read as attributes: the methods'
+    sections of `RunConfig` (`config.cybgd.prune_ratio`) and the codecs' of `CodecConfig`
+    (`config.codec.topk.fraction`). Adding a method or a codec adds its table here."""
+
+    sections: dict[str, Any]
+
+    @classmethod
+    def section_types(cls) -> list[tuple[str, type]]:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute '{name}'")
+
+
 @dataclass
-class CodecOptions:
-    """Options of the update codecs (each codec reads the ones that concern it)."""
+class CodecConfig(Sectioned):
+    """`[codec]`: error feedback, and one table per codec that has options: the codec's own
+    `Options` dataclass (`[codec.topk] fraction = 0.01`; fedpress.codecs.registry)."""
 
     # auto (on for topk, powersgd, sign) | on | off. Uplink only: the downlink tracks what
     # each client holds, which already carries the compression error forward.
     error_feedback: str = "auto"
-    block_size: int = 64  # int8, int4: one absmax scale per block
-    topk_fraction: float = 0.01
-    topk_value_dtype: str = "fp32"  # fp32 | fp16 | int8 (one absmax scale per tensor)
-    # Indices packed at the bits a position needs (13 for a 576 x 8 matrix) instead of int32.
-    topk_packed_indices: bool = False
-    powersgd_rank: int = 4
-    powersgd_iterations: int = 1
-    powersgd_warm_start: bool = True
-    qsgd_levels: int = 16
+    sections: dict[str, Any] = field(default_factory=lambda: _build_sections(CodecConfig, {}, ""))
+
+    @classmethod
+    def section_types(cls) -> list[tuple[str, type]]:
+        return codec_option_types()
 
 
 @dataclass
@@ -164,7 +186,7 @@ class ServerOptimizerConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Sectioned):
     method: str = "lora-fedavg"
     model: str = "smollm2-135m"
     # The defaults are the demo (`fedpress run`): ~1.5 minutes on 2 cores, parity learned.
@@ -174,7 +196,7 @@ class RunConfig:
     # What compresses client -> server updates and server -> client adapters (see fedpress.codecs).
     uplink_codec: str = "none"
     downlink_codec: str = "none"
-    codec: CodecOptions = field(default_factory=CodecOptions)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -185,25 +207,18 @@ class RunConfig:
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     # The sections methods bring (`[cybgd]`, `[autoencoder]`): name -> that method's dataclass
     # (registry.Method.section), read as attributes: `config.cybgd.prune_ratio`.
-    sections: dict[str, Any] = field(default_factory=lambda: _method_sections({}, ""))
+    sections: dict[str, Any] = field(default_factory=lambda: _build_sections(RunConfig, {}, ""))
 
-    def __getattr__(self, name: str) -> Any:
-        sections = self.__dict__.get("sections") or {}
-        if name in sections:
-            return sections[name]
-        raise AttributeError(f"RunConfig has no attribute '{name}'")
+    @classmethod
+    def section_types(cls) -> list[tuple[str, type]]:
+        return registry.sections()
 
     def validate(self) -> RunConfig:
-        from fedpress import registry
-
         check_choice("method", self.method, registry.names())
         method = registry.get(self.method)
-        check_choice("uplink_codec", self.uplink_codec, CODECS)
-        check_choice("downlink_codec", self.downlink_codec, CODECS)
+        check_choice("uplink_codec", self.uplink_codec, CODEC_NAMES)
+        check_choice("downlink_codec", self.downlink_codec, CODEC_NAMES)
         check_choice("codec.error_feedback", self.codec.error_feedback, ("auto", "on", "off"))
-        check_choice(
-            "codec.topk_value_dtype", self.codec.topk_value_dtype, ("fp32", "fp16", "int8")
-        )
         check_choice("data.partition", self.data.partition, ("iid", "dirichlet"))
         check_choice(
             "data.format",
@@ -258,19 +273,15 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
-            f.name: _plain(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name != "sections"
-        }
-        out.update({name: dataclasses.asdict(value) for name, value in self.sections.items()})
-        return out
+        """Plain values and nested tables; a key whose value is None (an optional codec option
+        left unset) is left out, as TOML has no null."""
+        return _plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def to_toml(self) -> str:
-        return dumps_toml(self.to_dict())
+        return tomli_w.dumps(self.to_dict())
 
     def save(self, path: Path) -> None:
         path.write_text(self.to_toml())
@@ -383,17 +394,77 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-
-
-def _method_sections(raw: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Each registered method's section, built from `raw` where it has the section's table."""
-    from fedpress import registry
-
-    return {
-        name: _build(cls, raw.get(name, {}), f"{prefix}{name}.")
-        for name, cls in registry.sections()
+    if not dataclasses.is_dataclass(value):
+        return value
+    out = {
+        f.name: _plain(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+        if f.name != "sections"
     }
+    if isinstance(value, Sectioned):
+        out.update({name: _plain(section) for name, section in value.sections.items()})
+    return {key: v for key, v in out.items() if v is not None}
+
+
+def codec_option_types() -> list[tuple[str, type]]:
+    """(codec name, its Options dataclass) for every registered codec that has options."""
+    return [(name, cls.Options) for name, cls in CODECS.items() if dataclasses.fields(cls.Options)]
+
+
+def _build_sections(cls: type[Sectioned], raw: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Each registered section of `cls`, built from `raw` where it has the section's table."""
+    return {
+        name: _build(section, raw.get(name, {}), f"{prefix}{name}.")
+        for name, section in cls.section_types()
+    }
+
+
+# Keys renamed when each codec's options became its own table ([codec.topk]): read for one
+# release, with a warning naming the new key.
+RENAMED_KEYS = {
+    "codec.block_size": ("codec.int8.block_size", "codec.int4.block_size"),
+    "codec.topk_fraction": ("codec.topk.fraction",),
+    "codec.topk_value_dtype": ("codec.topk.value_dtype",),
+    "codec.topk_packed_indices": ("codec.topk.packed_indices",),
+    "codec.powersgd_rank": ("codec.powersgd.rank",),
+    "codec.powersgd_iterations": ("codec.powersgd.power_iterations",),
+    "codec.powersgd_warm_start": ("codec.powersgd.warm_start",),
+    "codec.qsgd_levels": ("codec.qsgd.levels",),
+}
+_warned: set[str] = set()
+
+
+def _rename_old_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with the keys of RENAMED_KEYS moved to their new names (a copy where any moved)."""
+    found = [old for old in RENAMED_KEYS if _get_dotted(raw, old) is not _MISSING]
+    if not found:
+        return raw
+    raw = copy.deepcopy(raw)
+    for old in found:
+        section, name = old.split(".")
+        value = raw[section].pop(name)
+        for new in RENAMED_KEYS[old]:
+            if _get_dotted(raw, new) is not _MISSING:
+                raise FedpressError(f"config keys '{old}' and '{new}' both set: keep '{new}'")
+            _set_dotted(raw, new, value)
+    fresh = [old for old in found if old not in _warned]
+    if fresh:
+        _warned.update(fresh)
+        renames = ", ".join(f"{old} -> {' and '.join(RENAMED_KEYS[old])}" for old in fresh)
+        log.warning("config keys renamed (the old names work until the next release): %s", renames)
+    return raw
+
+
+_MISSING = object()
+
+
+def _get_dotted(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -403,7 +474,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     if cls is RunConfig:
-        sections = _method_sections(raw, prefix)
+        raw = _rename_old_keys(raw)
+    if issubclass(cls, Sectioned):
+        sections = _build_sections(cls, raw, prefix)
         raw = {k: v for k, v in raw.items() if k not in sections}
         kwargs["sections"] = sections
         fields.update({name: None for name in sections})  # for "did you mean"
@@ -420,7 +493,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             kwargs[key] = _build(hint_type, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(f"{prefix}{key}", value, hint_type)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a codec's Options checks its own ranges: name the key
+        named = [name for name in fields if re.search(rf"\b{name}\b", str(exc))]
+        where = f"key '{prefix}{named[0]}'" if named else f"section [{prefix.rstrip('.')}]"
+        raise FedpressError(f"config {where}: {exc}") from None
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -432,8 +510,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, list):
             raise FedpressError(f"config key '{key}' must be a list, got {value!r}")
         return [_coerce(key, v, item_type) for v in value]
-    if origin in (typing.Union, types.UnionType):
-        raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+    if origin in (typing.Union, types.UnionType):  # `int | None`: an optional codec option
+        inner = [t for t in typing.get_args(hint) if t is not type(None)]
+        if value is None and len(inner) < len(typing.get_args(hint)):
+            return None
+        if len(inner) != 1:
+            raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
+        return _coerce(key, value, inner[0])
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -455,32 +538,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return str(value)  # --set model=123 is a name, not a number
         raise FedpressError(f"config key '{key}' must be a string, got {value!r}")
     raise FedpressError(f"config key '{key}' has an unsupported type")  # pragma: no cover
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for the config's shape: scalars, lists of scalars, nested tables."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables:
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")

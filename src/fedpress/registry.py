@@ -12,6 +12,7 @@ validation and every CLI usage error load in a fraction of a second.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,17 @@ BUILTIN = (
 EVALUATE = "evaluate"  # the client phase Flower's evaluate messages go to
 
 ClientHandler = Callable[["Message", "Context", "RunConfig"], "Message"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `fedpress` subcommand: `add_arguments(parser)` declares its arguments (torch-free,
+    it runs for every `fedpress --help`); `run(args)` does the work and returns the exit code."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 @dataclass(frozen=True)
@@ -103,9 +115,18 @@ class Method:
     reads_when: Callable[[RunConfig], tuple[str, ...]] | None = None
     # Short description of a finished run's codecs for reports, from its config dict.
     codec_label: Callable[[dict[str, Any]], str] | None = None
+    # Its own tables in a compare report, (title, note, rows) each, from (results, reference
+    # variant) of fedpress.compare_report: a torch-free Lazy. Asked for every report; it picks
+    # its rows (it may show other methods' runs beside its own) and an empty table is left out.
+    report_tables: Callable[..., list[tuple[str, str, list[dict[str, str]]]]] | None = None
+    # The default reference of a compare whose matrix names none: compression ratios refer to
+    # its first finished run with no codec on either link (LoRA-FedAvg's).
+    reference: bool = False
     # Keys (dotted) naming files only the server opens (an autoencoder checkpoint): a deployed
     # server sends nodes a placeholder instead of the path.
     server_files: tuple[str, ...] = ()
+    # Subcommands of its own (CG-FedLLM's `tgap`), listed by `fedpress --help` beside the core's.
+    commands: tuple[Command, ...] = ()
 
     @property
     def federated(self) -> bool:

@@ -9,11 +9,16 @@ flattening the resolution of the whole tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import check_int
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,22 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-Update = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
+
+Update = dict[str, "torch.Tensor"]
 Payload = dict[str, np.ndarray]
 Shapes = dict[str, tuple[int, ...]]
 """What the receiver expects: parameter name -> shape. It never trusts shapes from the wire."""
 
 FP16_MAX = float(np.finfo(np.float16).max)
-BF16_MAX = float(torch.finfo(torch.bfloat16).max)
+BF16_MAX = 3.3895313892515355e38  # torch.finfo(torch.bfloat16).max
 _MAX_LISTED = 3  # how many offending keys an error message names
 
 

@@ -7,11 +7,16 @@ numpy has no bfloat16, so the bits travel as uint16. Round-to-nearest-even, rela
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import BF16_MAX, ArraySpec, Payload, TensorwiseCodec, from_numpy, spec, to_numpy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 def bf16_bits(t: torch.Tensor) -> np.ndarray:

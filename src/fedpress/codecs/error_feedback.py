@@ -12,10 +12,9 @@ inner codec's state) is in ``state_dict`` so the caller can persist it in Flower
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .base import (
     ArraySpec,
@@ -28,6 +27,11 @@ from .base import (
     shapes_of,
     to_numpy,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 _RESIDUAL = "residual/"
 _INNER = "inner/"

@@ -7,11 +7,16 @@ normal values, absolute error <= 2**-25 in the subnormal range (|x| < 6.1e-5).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import FP16_MAX, ArraySpec, Payload, TensorwiseCodec, from_numpy, spec, to_numpy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 class FP16Codec(TensorwiseCodec):

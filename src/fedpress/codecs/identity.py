@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import ArraySpec, Payload, TensorwiseCodec, from_numpy, spec, to_numpy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 class IdentityCodec(TensorwiseCodec):

@@ -7,12 +7,17 @@ block; see :mod:`fedpress.codecs._blockwise`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ._blockwise import BlockOptions, dequantize_blocks, num_blocks, quantize_blocks
 from .base import ArraySpec, Payload, TensorwiseCodec, spec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 QMAX = 127
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .base import (
     ArraySpec,
@@ -28,6 +28,11 @@ from .base import (
     spec,
     to_numpy,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 @dataclass(frozen=True)

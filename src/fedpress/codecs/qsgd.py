@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ._bits import pack_bits, pack_uint, packed_len, unpack_bits, unpack_uint
 from .base import (
@@ -26,6 +26,11 @@ from .base import (
     spec,
     to_numpy,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 _FP32_MAX = float(np.finfo(np.float32).max)
 

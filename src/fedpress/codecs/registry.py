@@ -1,5 +1,10 @@
 """Codec names -> classes, and :func:`build_codec`, the one way configs create codecs.
 
+A codec is one module: its class and its frozen ``Options`` dataclass, which is also its config
+section (``[codec.topk] fraction = 0.01``, checked when the config loads). Registering it is
+adding its class to ``CODECS`` below; codec modules import torch only on first use, so the
+config can read every ``Options`` without it.
+
 Error feedback defaults: on for the biased compressors (``topk``, ``powersgd``, ``sign``), whose
 dropped part would otherwise be lost for good; off for the others (``none``, ``fp16``, ``bf16``,
 ``int8``, ``int4``: small rounding error; ``qsgd``: unbiased). ``error_feedback=`` overrides.

@@ -8,12 +8,17 @@ Bits are packed 8 per byte, little-endian bit order, bit 1 = negative.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ._bits import pack_bits, packed_len, unpack_bits
 from .base import ArraySpec, Payload, TensorwiseCodec, spec
+
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
 
 
 class SignCodec(TensorwiseCodec):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ._bits import pack_uint, packed_len, unpack_uint
 from ._blockwise import dequantize_blocks, quantize_blocks
@@ -35,28 +35,33 @@ from .base import (
 )
 from .int8 import QMAX
 
+if TYPE_CHECKING:
+    import torch
+else:
+    from ._torch import torch
+
 DEFAULT_FRACTION = 0.01
 _INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class TopKOptions:
-    """Give ``fraction`` (0 < f <= 1) or ``count`` (>= 1), not both; neither: fraction 0.01."""
+    """``fraction`` (0 < f <= 1) of each tensor's entries, or ``count`` (>= 1) of them: a
+    ``count`` replaces the fraction, so give it with the fraction left at its default."""
 
-    fraction: float | None = None
+    fraction: float = DEFAULT_FRACTION
     count: int | None = None
     value_dtype: str = "fp32"
     packed_indices: bool = False
 
     def __post_init__(self) -> None:
-        if self.fraction is not None and self.count is not None:
-            raise ValueError("topk takes either option fraction or option count, not both")
-        if self.fraction is not None:
-            f = self.fraction
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-                raise ValueError(f"topk option fraction must be in (0, 1], got {f!r}")
-            object.__setattr__(self, "fraction", float(f))
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"topk option fraction must be in (0, 1], got {f!r}")
+        object.__setattr__(self, "fraction", float(f))
         if self.count is not None:
+            if self.fraction != DEFAULT_FRACTION:
+                raise ValueError("topk takes either option fraction or option count, not both")
             object.__setattr__(self, "count", check_int("topk", "count", self.count, 1))
         if self.value_dtype not in ("fp32", "fp16", "int8"):
             raise ValueError(
@@ -77,8 +82,7 @@ class TopKCodec(TensorwiseCodec):
         """Entries kept of a tensor with ``n`` elements."""
         if self.options.count is not None:
             return min(self.options.count, n)
-        fraction = DEFAULT_FRACTION if self.options.fraction is None else self.options.fraction
-        return min(max(1, math.ceil(fraction * n)), n)
+        return min(max(1, math.ceil(self.options.fraction * n)), n)
 
     def tensor_layout(self, shape: tuple[int, ...]) -> dict[str, ArraySpec]:
         n = int(np.prod(shape))

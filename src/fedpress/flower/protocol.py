@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from fedpress.codecs import Codec
-    from fedpress.config import CodecOptions
+    from fedpress.config import CodecConfig
     from fedpress.task import Shapes
 
 # Server -> client (train instruction).
@@ -76,28 +76,18 @@ def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.array(a.numpy(), copy=True)) for name, a in record.items()}
 
 
-def make_codec(name: str, options: CodecOptions, *, uplink: bool) -> Codec:
-    """A codec from the run config; error feedback only on the uplink (see CodecOptions)."""
+def make_codec(name: str, options: CodecConfig, *, uplink: bool) -> Codec:
+    """A codec from the run config: its `[codec.<name>]` table; error feedback only on the
+    uplink (see CodecConfig)."""
+    import dataclasses
+
     from fedpress.codecs import build_codec
 
-    per_codec = {
-        "int8": {"block_size": options.block_size},
-        "int4": {"block_size": options.block_size},
-        "topk": {
-            "fraction": options.topk_fraction,
-            "value_dtype": options.topk_value_dtype,
-            "packed_indices": options.topk_packed_indices,
-        },
-        "powersgd": {
-            "rank": options.powersgd_rank,
-            "power_iterations": options.powersgd_iterations,
-            "warm_start": options.powersgd_warm_start,
-        },
-        "qsgd": {"levels": options.qsgd_levels},
-    }
+    section = options.sections.get(name)
+    values = {} if section is None else dataclasses.asdict(section)
     feedback = {"auto": None, "on": True, "off": False}[options.error_feedback] if uplink else False
     try:
-        return build_codec(name, error_feedback=feedback, **per_codec.get(name, {}))
+        return build_codec(name, error_feedback=feedback, **values)
     except ValueError as exc:
         raise FedpressError(f"codec '{name}': {exc}") from None
 

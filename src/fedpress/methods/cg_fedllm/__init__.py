@@ -4,9 +4,10 @@ federated fine-tuning (FAF, `server` and `client`)."""
 
 from __future__ import annotations
 
+from fedpress.methods.cg_fedllm.cli import analyze_arguments, tgap_arguments
 from fedpress.methods.cg_fedllm.settings import TGAP_PHASE, AutoencoderConfig, check
 from fedpress.methods.lora_fedavg import LORA_CLIENT
-from fedpress.registry import EVALUATE, Lazy, Method, register
+from fedpress.registry import EVALUATE, Command, Lazy, Method, register
 
 
 def codec_label(config: dict) -> str:
@@ -40,6 +41,21 @@ METHOD = register(
         },
         validate=check,
         codec_label=codec_label,
+        report_tables=Lazy("fedpress.methods.cg_fedllm.report:tables"),
         server_files=("autoencoder.checkpoint", "autoencoder.snapshots_from"),
+        commands=(
+            Command(
+                "tgap",
+                "CG-FedLLM pre-training alone: collect snapshots, train",
+                tgap_arguments,
+                Lazy("fedpress.methods.cg_fedllm.cli:tgap"),
+            ),
+            Command(
+                "ae-analyze",
+                "SNR and noise robustness of a trained autoencoder",
+                analyze_arguments,
+                Lazy("fedpress.methods.cg_fedllm.cli:analyze"),
+            ),
+        ),
     )
 )
