@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpress.accounting import MB  # noqa: F401 - re-exported for the benchmark scripts
-from fedpress.console import quiet  # noqa: F401 - re-exported for the benchmark scripts
 from fedpress.config import RunConfig, load_config
+from fedpress.console import quiet  # noqa: F401 - re-exported for the benchmark scripts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -6,10 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from fedpress import registry
 from fedpress.compare_report import (
     detail_tables,
     load_results,
@@ -214,3 +217,78 @@ def test_runs_without_accuracy_or_compare_json(tmp_path):
 def test_an_empty_folder_is_a_user_error(tmp_path):
     with pytest.raises(FedpressError, match="holds no runs"):
         write_report(tmp_path)
+
+
+def test_names_in_the_page_are_escaped(tmp_path):
+    """The page is a Jinja2 template with autoescape: a variant name is text, not markup."""
+    fake_run(tmp_path / "<script>x", "lora-fedavg", MB)
+    entries = [
+        {"name": "<script>x", "status": "done", "overrides": {"note": "<b>"}},
+        {"name": "<img src=y>", "status": "failed", "error": "<i>boom</i>"},
+    ]
+    (tmp_path / "compare.json").write_text(
+        json.dumps({"title": "<T>", "description": "a & b", "variants": entries})
+    )
+    _, page = write_report(tmp_path)
+    html = page.read_text()
+    assert "<script" not in html and "<img src=y" not in html and "<i>" not in html
+    assert "<title>&lt;T&gt;</title>" in html and "<p>a &amp; b</p>" in html
+    assert "<td>&lt;script&gt;x</td>" in html  # the summary row
+    assert "<li><code>&lt;img src=y&gt;</code> failed: &lt;i&gt;boom&lt;/i&gt;</li>" in html
+    assert "<code>&lt;script&gt;x</code> (done): note = &#34;&lt;b&gt;&#34;" in html
+
+
+def test_a_method_brings_its_table_and_can_be_the_reference(tmp_path, monkeypatch):
+    """Tables and the default reference come from the registry, not from this module."""
+    registry.all_methods()  # the built-in methods first: the new one is registered last
+
+    def tables(results, reference):
+        rows = [{"variant": r.name, "reference": reference.name} for r in results if r.finished]
+        return [("My table", "About mine.", rows), ("Empty", "Left out.", [])]
+
+    mine = registry.Method(
+        name="my-method",
+        about="a method registered after the report was written",
+        local=lambda config, out, resume: {},
+        report_tables=tables,
+        reference=True,
+    )
+    monkeypatch.setitem(registry._METHODS, mine.name, mine)
+    fake_run(tmp_path / "a-mine", "my-method", 2 * MB)
+    fake_run(tmp_path / "lora", "lora-fedavg", 4 * MB)
+    header, results = load_results(tmp_path)
+    reference = reference_of(header, results)
+    assert reference is not None and reference.name == "a-mine"  # the first such run, in order
+    assert detail_tables(results, reference) == [
+        (
+            "My table",
+            "About mine.",
+            [
+                {"variant": "a-mine", "reference": "a-mine"},
+                {"variant": "lora", "reference": "a-mine"},
+            ],
+        )
+    ]
+    rows = {row["variant"]: row for row in summary_rows(header, results)}
+    assert rows["a-mine"]["uplink ratio"] == "1x (ref)" and rows["lora"]["uplink ratio"] == "1/2x"
+    markdown, page = write_report(tmp_path)
+    assert "## My table" in markdown.read_text() and "## Empty" not in markdown.read_text()
+    assert "<h2>My table</h2>" in page.read_text()
+    # Named in the matrix, the reference is that variant whatever its method.
+    assert reference_of({"reference": "lora"}, results).name == "lora"
+
+
+def test_the_report_and_the_method_tables_do_not_import_torch(folder):
+    """Reports are written where no training stack is installed or wanted (a laptop)."""
+    code = (
+        "import sys; from fedpress.compare_report import detail_tables, load_results, "
+        "reference_of\n"
+        f"header, results = load_results({str(folder)!r})\n"
+        "tables = detail_tables(results, reference_of(header, results))\n"
+        "assert len(tables) == 2, tables\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"

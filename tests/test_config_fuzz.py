@@ -100,6 +100,7 @@ def table_of(doc: dict, section: str | None) -> dict | None:
         node = node.get(part) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
 
+
 finite = {"allow_nan": False, "allow_infinity": False}
 texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 tables = st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), st.integers(), max_size=2)
@@ -224,9 +225,7 @@ def toml_document(doc: dict) -> str:
         return f"{section}" in SECTIONS and isinstance(v, dict)
 
     def scalars(table: dict, section: str = "") -> list[str]:
-        return [
-            f"{k} = {value(v)}" for k, v in table.items() if not is_table(f"{section}{k}", v)
-        ]
+        return [f"{k} = {value(v)}" for k, v in table.items() if not is_table(f"{section}{k}", v)]
 
     lines = scalars(doc)
     for name in SECTIONS:

@@ -2,14 +2,16 @@
 
 It reads only what every run writes (summary.json, metrics.jsonl, config.toml), as plain
 dicts, so methods added later appear without changes here and optional keys (`dp_epsilon`,
-per-client bytes) are shown where present. Plots are PNG files next to the report; the HTML
-page embeds them as base64, so it is one file with no external assets.
+per-client bytes) are shown where present. Tables about one method (CG-FedLLM's autoencoders)
+come from that method's package, through `registry.Method.report_tables`. Plots are PNG files
+next to the report; the HTML page (templates/report.html.j2) embeds them as base64, so it is
+one file with no external assets.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import math
 import tomllib
@@ -17,8 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
+from fedpress import registry
 from fedpress.accounting import MB
 from fedpress.errors import FedpressError
+
+# (title, note, rows) of a method's own table in the report.
+Table = tuple[str, str, list[dict[str, str]]]
 
 PLOTS = {
     "curves.png": "Accuracy and eval loss against rounds",
@@ -109,16 +117,27 @@ def load_run(run: Path, entry: dict[str, Any] | None = None) -> VariantResult:
     )
 
 
+def method_of(result: VariantResult) -> registry.Method | None:
+    """The registered method of a run; None for a method this install does not know."""
+    try:
+        return registry.get(result.method)
+    except FedpressError:
+        return None
+
+
 def reference_of(header: dict[str, Any], results: list[VariantResult]) -> VariantResult | None:
-    """The variant compression ratios refer to: named in the matrix, else the first finished
-    LoRA-FedAvg run with no codec on either link."""
+    """The variant compression ratios refer to: named in the matrix (`reference`), else the
+    first finished run with no codec on either link of a method registered as the default
+    reference (`Method.reference`: LoRA-FedAvg)."""
     by_name = {r.name: r for r in results if r.finished}
     if header.get("reference"):
         return by_name.get(header["reference"])
     for result in by_name.values():
         c = result.config
+        method = method_of(result)
         if (
-            result.method == "lora-fedavg"
+            method is not None
+            and method.reference
             and c.get("uplink_codec", "none") == "none"
             and c.get("downlink_codec", "none") == "none"
         ):
@@ -131,22 +150,10 @@ def codec_label(result: VariantResult) -> str:
     if not result.federated:
         return "-"
     c = result.config
-    from fedpress import registry
-
-    try:
-        method = registry.get(result.method)
-    except FedpressError:
-        method = None
+    method = method_of(result)
     if method is not None and method.codec_label is not None:
         return method.codec_label(c)
     return f"{c.get('uplink_codec', 'none')} / {c.get('downlink_codec', 'none')}"
-
-
-def per_turn_mb(result: VariantResult, key: str) -> float | None:
-    """Mean bytes of one message up (`bytes_up_per_client`, one entry per message) or down, in
-    MB: one client's round in round-based methods, one turn in FedCyBGD."""
-    values = [b for r in result.rounds if r.get("round", 0) > 0 for b in r.get(key) or []]
-    return sum(values) / len(values) / MB if values else None
 
 
 def per_client_round_mb(result: VariantResult, key: str) -> float | None:
@@ -172,7 +179,7 @@ def per_client_round_mb(result: VariantResult, key: str) -> float | None:
 def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[dict[str, str]]:
     """One row of display strings per finished variant."""
     reference = reference_of(header, results)
-    ref_up = _uplink_total(reference)
+    ref_up = uplink_total(reference)
     show_dp = any((r.summary or {}).get("dp_epsilon") is not None for r in results)
     rows = []
     for r in results:
@@ -183,7 +190,7 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
         up, down = s.get("bytes_up_total", 0), s.get("bytes_down_total", 0)
         ratio = "-"
         if r.federated and up and ref_up:
-            ratio = "1x (ref)" if r is reference else _ratio(ref_up / up)
+            ratio = "1x (ref)" if r is reference else ratio_label(ref_up / up)
         per_up = per_client_round_mb(r, "bytes_up_per_client")
         per_down = per_client_round_mb(r, "bytes_down_per_client")
         row = {
@@ -191,16 +198,16 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
             "method": r.method,
             "codec (up / down)": codec_label(r),
             "accuracy %": "n/a" if acc is None else f"{100 * acc:.2f}",
-            "eval loss": _fmt(s.get("final_eval_loss"), "{:.4f}"),
+            "eval loss": fmt(s.get("final_eval_loss"), "{:.4f}"),
             "MB up": f"{up / MB:.3f}",
             "MB down": f"{down / MB:.3f}",
             "uplink ratio": ratio,
-            "MB up / client / round": _fmt(per_up, "{:.3f}"),
-            "MB down / client / round": _fmt(per_down, "{:.3f}"),
-            "client peak mem MB": _fmt(_mb(s.get("client_peak_mem_bytes")), "{:.0f}"),
-            "train mem MB": _fmt(_mb(s.get("client_train_mem_bytes")), "{:.0f}"),
-            "codec % of client time": _fmt(codec_share(s), "{:.2f}"),
-            "wall s": _fmt(s.get("wall_s"), "{:.0f}"),
+            "MB up / client / round": fmt(per_up, "{:.3f}"),
+            "MB down / client / round": fmt(per_down, "{:.3f}"),
+            "client peak mem MB": fmt(in_mb(s.get("client_peak_mem_bytes")), "{:.0f}"),
+            "train mem MB": fmt(in_mb(s.get("client_train_mem_bytes")), "{:.0f}"),
+            "codec % of client time": fmt(codec_share(s), "{:.2f}"),
+            "wall s": fmt(s.get("wall_s"), "{:.0f}"),
         }
         if show_dp:
             eps = s.get("dp_epsilon")
@@ -211,11 +218,12 @@ def summary_rows(header: dict[str, Any], results: list[VariantResult]) -> list[d
     return rows
 
 
-def _uplink_total(result: VariantResult | None) -> int:
+def uplink_total(result: VariantResult | None) -> int:
+    """A run's uplink bytes, all of them (0 without a run)."""
     return (result.summary or {}).get("bytes_up_total", 0) if result else 0
 
 
-def _ratio(value: float) -> str:
+def ratio_label(value: float) -> str:
     """4.0x for savings; 1/146x when a variant sends more than the reference."""
     return f"{value:.1f}x" if value >= 1 else f"1/{1 / value:.0f}x"
 
@@ -226,87 +234,6 @@ def codec_share(summary: dict[str, Any]) -> float | None:
     if codec is None or not train:
         return None
     return 100 * codec / (train + codec)
-
-
-def autoencoder_rows(
-    results: list[VariantResult], reference: VariantResult | None = None
-) -> list[dict[str, str]]:
-    """CG-FedLLM's autoencoder per cg-fedllm variant: rate, FAF uplink without TGAP's one-off
-    upload, shipping, TGAP reconstruction."""
-    ref_up = _uplink_total(reference)
-    rows = []
-    for r in results:
-        s = r.summary or {}
-        if not r.finished or "ae_arch" not in s:
-            continue
-        ratio = s.get("compression_ratio")
-        tgap_up = s.get("tgap_bytes_up") or 0
-        faf_up = training_bytes(r)
-        rows.append(
-            {
-                "variant": r.name,
-                "autoencoder": str(s.get("ae_arch")),
-                "numbers sent / update numbers": "-" if not ratio else f"1/{ratio:.0f}",
-                "FAF MB up": f"{faf_up / MB:.3f}",
-                "FAF uplink ratio": _ratio(ref_up / faf_up) if ref_up and faf_up else "-",
-                "AE shipped MB (down)": f"{(s.get('ae_bytes_down') or 0) / MB:.3f}",
-                "TGAP snapshots": str(s.get("tgap_snapshots") or "-"),
-                "TGAP MB up": f"{tgap_up / MB:.3f}"
-                + (" (this run)" if s.get("tgap_in_run") else " (earlier run)"),
-                "TGAP val cosine": _fmt(s.get("tgap_val_cosine"), "{:.4f}"),
-                "TGAP val SNR dB": _fmt(s.get("tgap_val_snr_db"), "{:.2f}"),
-            }
-        )
-    return rows
-
-
-def block_rows(
-    results: list[VariantResult], reference: VariantResult | None = None
-) -> list[dict[str, str]]:
-    """Per-turn costs of block-wise and full-parameter variants (FedCyBGD's claims)."""
-    finished = [r for r in results if r.finished]
-    full = next((r for r in finished if r.method == "fed-full"), None)
-    full_peak = (full.summary or {}).get("client_peak_mem_bytes") if full else None
-    full_train = (full.summary or {}).get("client_train_mem_bytes") if full else None
-    rows = []
-    for r in finished:
-        s = r.summary or {}
-        if "client_steps_total" not in s and r.method != "fed-full":
-            continue
-        down = s.get("download_bytes_per_turn") or {}
-        if not down:  # fed-full: a turn is one client's round
-            per_down = per_turn_mb(r, "bytes_down_per_client")
-            down = {"first_mean": per_down and per_down * MB, "later_mean": None}
-        share = down.get("later_share_of_full_model")
-        peak, train = s.get("client_peak_mem_bytes"), s.get("client_train_mem_bytes")
-        cybgd = r.config.get("cybgd") or {}
-        rows.append(
-            {
-                "variant": r.name,
-                "method": r.method,
-                "allocation": str(cybgd.get("allocation", "-")) if r.method == "fedcybgd" else "-",
-                "client steps": _fmt(client_steps(r), "{}"),
-                "MB down, first turn": _fmt(_mb(down.get("first_mean")), "{:.1f}"),
-                "MB down, later turns": _fmt(_mb(down.get("later_mean")), "{:.1f}")
-                + ("" if share is None else f" ({100 * share:.1f} % of model)"),
-                "MB up / turn": _fmt(
-                    _mb(s.get("upload_bytes_per_turn")) or per_turn_mb(r, "bytes_up_per_client"),
-                    "{:.1f}",
-                ),
-                "MB up / client / round": _fmt(
-                    per_client_round_mb(r, "bytes_up_per_client"), "{:.1f}"
-                ),
-                "MB down / client / round": _fmt(
-                    per_client_round_mb(r, "bytes_down_per_client"), "{:.1f}"
-                ),
-                "peak MB (with weights)": _fmt(_mb(peak), "{:.0f}"),
-                "vs fed-full": _share(peak, full_peak),
-                "train MB (added)": _fmt(_mb(train), "{:.0f}"),
-                "train vs fed-full": _share(train, full_train),
-                "failed turns": str(s.get("turns_failed", "-")),
-            }
-        )
-    return rows
 
 
 def client_steps(result: VariantResult) -> int | None:
@@ -320,46 +247,28 @@ def client_steps(result: VariantResult) -> int | None:
     return done * steps if steps and done else None
 
 
-def _mb(value: Any) -> float | None:
+def in_mb(value: Any) -> float | None:
+    """Bytes in MB; None stays None (a figure the run did not record)."""
     return None if value is None else value / MB
-
-
-def _share(value: Any, of: Any) -> str:
-    return "-" if not (value and of) else f"{100 * value / of:.0f} %"
-
-
-DETAILS = (
-    (
-        "CG-FedLLM autoencoders",
-        autoencoder_rows,
-        "Numbers sent: latent plus per-tensor scales. FAF MB up: the run's uplink without "
-        "TGAP's one-off snapshot upload, which the summary's MB up includes only for a run "
-        "that ran TGAP itself; the ratio is against the reference variant. TGAP val: "
-        "reconstruction of the held-out TGAP snapshots (per-element means, with the "
-        "per-tensor scales the client fits).",
-    ),
-    (
-        "Block-wise and full-parameter costs per client turn",
-        block_rows,
-        "A turn is one client's training between a download and an upload (FedCyBGD: one block; "
-        "fed-full: one client's round). A FedCyBGD client takes several turns a round: per "
-        "client per round is a round's bytes over the clients that took part. Peak MB: the "
-        "client's peak resident memory during its training, the weights it holds included; "
-        "train MB: what training adds above the loaded model (sampled RSS; CUDA allocator "
-        "peak on GPU). Runs from before both were recorded show only the older figure.",
-    ),
-)
 
 
 def detail_tables(
     results: list[VariantResult], reference: VariantResult | None = None
-) -> list[tuple[str, str, list[dict[str, str]]]]:
-    """(title, note, rows) of each method-specific table with at least one row."""
-    tables = [(title, note, rows(results, reference)) for title, rows, note in DETAILS]
+) -> list[Table]:
+    """(title, note, rows) of each method's own table with at least one row, in registration
+    order. Every registered method is asked, not only those in the results: a table may show
+    other methods' runs (FedCyBGD's sets fed-full beside it) and picks its rows itself."""
+    tables = [
+        table
+        for method in registry.all_methods()
+        if method.report_tables is not None
+        for table in method.report_tables(results, reference)
+    ]
     return [(title, note, rows) for title, note, rows in tables if rows]
 
 
-def _fmt(value: Any, pattern: str) -> str:
+def fmt(value: Any, pattern: str) -> str:
+    """A figure formatted, or "-" where it is missing or not finite."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return pattern.format(value)
@@ -625,22 +534,14 @@ def write_report(folder: Path) -> tuple[Path, Path]:
     return markdown_path, html_path
 
 
-def _inline_code(text: str) -> str:
-    """Escape, then show `x` as <code>x</code> (the only markup the notes use)."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
-def _html_table(rows: list[dict[str, str]], table_id: str = "") -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row.values()) + "</tr>" for row in rows
-    )
-    id_attr = f' id="{table_id}"' if table_id else ""
-    return (
-        f'<div class="wide"><table{id_attr}><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>"
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The page templates (package data); every value put into the page is escaped."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("fedpress", "templates"),
+        autoescape=jinja2.select_autoescape(["html.j2"]),
+        undefined=jinja2.StrictUndefined,  # a missing value is a bug, not an empty cell
+        keep_trailing_newline=True,
     )
 
 
@@ -653,51 +554,24 @@ def _html(
     plots: dict[str, str],
     variants: list[str],
     folder: Path,
-    details: list[tuple[str, str, list[dict[str, str]]]] = (),
+    details: list[Table],
 ) -> str:
-    esc = html.escape
-    table = _html_table(rows, "summary") if rows else "<p><em>No variant finished yet.</em></p>"
-    detail_html = "".join(
-        f"<h2>{esc(heading)}</h2>{_html_table(detail)}<p>{esc(note)}</p>"
-        for heading, note, detail in details
-    )
-    figures = "".join(
-        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,'
-        f'{base64.b64encode((folder / name).read_bytes()).decode()}">'
-        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    """The self-contained page: the report's tables and lists, the plots inlined."""
+    figures = [
+        {"caption": caption, "png": base64.b64encode((folder / name).read_bytes()).decode()}
         for name, caption in plots.items()
+    ]
+    return (
+        _templates()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            description=description,
+            rows=rows,
+            notes=notes,
+            details=details,
+            problems=problems,
+            plots=figures,
+            variants=variants,
+        )
     )
-
-    def items(lines: list[str]) -> str:
-        return "<ul>" + "".join(f"<li>{_inline_code(line)}</li>" for line in lines) + "</ul>"
-
-    problem_html = f"<h2>Failed or unfinished</h2>{items(problems)}" if problems else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222;
-        padding: 0 1em; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-td {{ white-space: nowrap; }}
-.wide {{ overflow-x: auto; }}
-th {{ background: #f0f0f0; }}
-td:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
-tr:nth-child(even) td {{ background: #fafafa; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-figcaption {{ color: #555; font-size: 0.9em; }}
-code {{ background: #f4f4f4; padding: 0 3px; }}
-</style></head><body>
-<h1>{esc(title)}</h1>
-<p>{esc(description)}</p>
-<h2>Summary</h2>
-{table}
-{items(notes)}
-{detail_html}
-{problem_html}
-<h2>Plots</h2>
-{figures}
-<h2>Variants</h2>
-{items(variants)}
-</body></html>
-"""

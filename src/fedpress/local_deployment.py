@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
+import tomli_w
+
 __all__ = ["CONNECTION_NAME", "DeploymentError", "DeploymentResult", "launch_local_deployment"]
 
 RunConfigValue = str | int | float | bool
@@ -485,7 +488,7 @@ def shared_file_node_configs(config_file: Path, count: int) -> list[dict[str, Ru
 
 def node_config_arg(config: Mapping[str, RunConfigValue]) -> str:
     """A node config as `flower-supernode --node-config` reads it: `key=<TOML value>` pairs."""
-    return " ".join(f"{key}={_toml_value(value)}" for key, value in config.items())
+    return " ".join(f"{key}={_toml_value(value)}" for key, value in _run_config(config).items())
 
 
 def _start_supernodes(
@@ -642,16 +645,13 @@ def _write_throwaway_node_key(path: Path) -> Path:
 
 def _write_connection_config(flwr_home: Path, link: _Link) -> None:
     """Write the `flwr` CLI's connection file; it is read from `$FLWR_HOME/config.toml`."""
-    security = (
-        "insecure = true\n"
-        if link.tls is None
-        else f"root-certificates = {_toml_value(str(link.tls.ca))}\n"  # absolute path
-    )
+    connection: dict[str, str | bool] = {"address": link.address}
+    if link.tls is None:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(link.tls.ca)  # absolute path
     (flwr_home / "config.toml").write_text(
-        "[superlink]\n"
-        f'default = "{CONNECTION_NAME}"\n\n'
-        f"[superlink.{CONNECTION_NAME}]\n"
-        f'address = "{link.address}"\n' + security,
+        tomli_w.dumps({"superlink": {"default": CONNECTION_NAME, CONNECTION_NAME: connection}}),
         encoding="utf-8",
     )
 
@@ -659,19 +659,20 @@ def _write_connection_config(flwr_home: Path, link: _Link) -> None:
 # --- run submission and monitoring -----------------------------------------------------
 
 
-def _toml_value(value: RunConfigValue) -> str:
-    """Render one run-config value as TOML (json string escapes are valid TOML)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
+def _run_config(values: Mapping[str, RunConfigValue]) -> dict[str, RunConfigValue]:
+    """The values, checked: a Flower run or node config holds str, int, float or bool only,
+    and tomli_w would also write lists, tables, dates and nan without complaint."""
+    for value in values.values():
+        if not isinstance(value, str | int | float):
+            raise TypeError(f"run-config values must be str, int, float or bool, got {type(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"run-config float must be finite, got {value}")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    raise TypeError(f"run-config values must be str, int, float or bool, got {type(value)}")
+    return dict(values)
+
+
+def _toml_value(value: RunConfigValue) -> str:
+    """One value as TOML: tomli_w writes documents only, so the right side of `v = ...`."""
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
 
 
 def _submit_run(
@@ -685,10 +686,7 @@ def _submit_run(
     # One `--run-config <file>.toml` avoids the CLI's whitespace/quote parsing of
     # `k=v` pairs (paths with spaces, or a bare `x.toml` value read as a file).
     override_file = flwr_home / "run-config-overrides.toml"
-    override_file.write_text(
-        "".join(f"{_toml_value(k)} = {_toml_value(v)}\n" for k, v in overrides.items()),
-        encoding="utf-8",
-    )
+    override_file.write_text(tomli_w.dumps(_run_config(overrides)), encoding="utf-8")
     completed = _cli(
         [
             "run",
@@ -847,38 +845,21 @@ def _finish_streamer(streamer: _Proc) -> str:
 # --- teardown and diagnostics ------------------------------------------------------------
 
 
-def _descendants(pid: int) -> list[int]:
-    """All descendant PIDs of `pid` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    proc_root = Path("/proc")
-    if not proc_root.is_dir():
+def _descendants(pid: int) -> list[psutil.Process]:
+    """All descendants of `pid` (none if it is gone)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
         return []
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
-def _signal_all(pids: Sequence[int], pgid: int, sig: signal.Signals) -> None:
-    """Send `sig` to a process group and to individual PIDs, ignoring ones already gone."""
+def _signal_all(kids: Sequence[psutil.Process], pgid: int, sig: signal.Signals) -> None:
+    """Send `sig` to a process group and to each process, ignoring ones already gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+    for kid in kids:
+        with contextlib.suppress(psutil.Error):  # psutil checks the PID was not reused
+            kid.send_signal(sig)
 
 
 def _stop_process(proc: _Proc) -> None:
@@ -904,17 +885,12 @@ def _stop_process(proc: _Proc) -> None:
     proc.log_file.close()
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs (zombies count as gone)."""
+def _alive(process: psutil.Process) -> bool:
+    """Whether the process still runs (zombies count as gone: they wait only to be reaped)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

@@ -47,5 +47,6 @@ METHOD = register(
         client={"": Lazy("fedpress.methods.fedcybgd.client:train")},
         validate=check_cybgd,
         codec_label=codec_label,
+        report_tables=Lazy("fedpress.methods.fedcybgd.report:tables"),
     )
 )

@@ -27,5 +27,6 @@ METHOD = register(
         server=Lazy("fedpress.methods.lora_fedavg.server:build_server"),
         client_task=Lazy("fedpress.task:build_task"),
         client=LORA_CLIENT,
+        reference=True,
     )
 )
