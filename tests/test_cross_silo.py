@@ -16,7 +16,7 @@ from fedpress.config import load_config
 from fedpress.data import node_data
 from fedpress.errors import FedpressError
 from fedpress.flower import client_app, protocol
-from fedpress.flower.loop import config_for_nodes
+from fedpress.flower.handshake import config_for_nodes
 from fedpress.task import build_task
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import ONE_CORE
 from fedpress.cli import main
 from fedpress.config import load_config
-from fedpress.flower.loop import Sampler
+from fedpress.flower.sampling import Sampler
 from fedpress.flower.simulation import simulate
 from fedpress.privacy import compute_epsilon
 from fedpress.task import build_task

@@ -19,7 +19,8 @@ from hypothesis.extra import numpy as hnp
 from fedpress.codecs import PayloadError
 from fedpress.config import load_config
 from fedpress.flower import protocol
-from fedpress.flower.loop import InvalidReply, RoundStats, run_exchange
+from fedpress.flower.exchange import RoundStats, run_exchange
+from fedpress.flower.server import InvalidReply
 from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.task import build_task
 

@@ -2,7 +2,7 @@
 
 Sampling: each client takes part in a round independently with probability
 q = `federation.fraction_train`, drawn from secret randomness on the server
-(`flower.loop.Sampler`): Poisson sampling, exactly what the accountant assumes, and a
+(`flower.sampling.Sampler`): Poisson sampling, exactly what the accountant assumes, and a
 participation list nobody can derive from the public seed.
 
 Mechanism per round, on the server, after decoding: clip every accepted client update to L2

@@ -97,7 +97,7 @@ class Method:
     # The config section this method brings (name, dataclass), e.g. ("cybgd", CybgdConfig):
     # every config carries it; methods that read it list its name in `reads`.
     section: tuple[str, type] | None = None
-    # Federated: builds the server side (fedpress.flower.loop.FederatedServer) from
+    # Federated: builds the server side (fedpress.flower.server.FederatedServer) from
     # (config, out_dir, parallel_clients).
     server: Callable[..., Any] | None = None
     # Federated: what a client builds before its first turn (model, tokenizer), from the run

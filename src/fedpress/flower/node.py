@@ -37,6 +37,7 @@ from fedpress.config import RunConfig
 from fedpress.data import NodeData, node_data
 from fedpress.errors import FedpressError
 from fedpress.flower import protocol
+from fedpress.flower.sizing import client_cpus
 
 if TYPE_CHECKING:
     import torch
@@ -109,8 +110,6 @@ def use_threads(context: Context, config: RunConfig) -> None:
     """`runtime.threads`, else the cores the simulation gave this client, else (a deployed
     node: the machine is its own) every core."""
     import torch
-
-    from fedpress.flower.loop import client_cpus
 
     if config.runtime.threads:
         threads = config.runtime.threads

@@ -14,8 +14,8 @@ from flwr.simulation import run_simulation
 from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower.client_app import app as fedpress_client_app
-from fedpress.flower.loop import client_cpus, parallel_slots
 from fedpress.flower.server_app import Entry, make_server_app
+from fedpress.flower.sizing import client_cpus, parallel_slots
 from fedpress.run_files import wait_for_plots
 
 

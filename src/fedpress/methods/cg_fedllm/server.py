@@ -38,7 +38,8 @@ from fedpress.codecs import build_codec
 from fedpress.codecs.autoencoder import AutoencoderCodec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
-from fedpress.flower.loop import Accepted, RoundStats
+from fedpress.flower.exchange import RoundStats
+from fedpress.flower.server import Accepted
 from fedpress.methods.cg_fedllm.tgap import TgapResult, run_tgap_phase
 from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.task import LoraTask, build_task
@@ -135,26 +136,26 @@ class CgFedLLMServer(LoraFedAvgServer):
             records.update(extra)
         return records
 
-    def configure(self, server_round: int, exchange: Any, nodes: list[int]) -> list[Message]:
-        messages = super().configure(server_round, exchange, nodes)
+    def configure_train(self, server_round: int, exchange: Any, nodes: list[int]) -> list[Message]:
+        messages = super().configure_train(server_round, exchange, nodes)
         if adapt_round(self.config, server_round):
             for message in messages:
                 message.content[protocol.INSTRUCTIONS][FULL_UPDATE] = True
         return messages
 
-    def decode(
+    def decode_reply(
         self, server_round: int, exchange: Any, content: RecordDict, metrics: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
         if not adapt_round(self.config, server_round):
-            return super().decode(server_round, exchange, content, metrics)
+            return super().decode_reply(server_round, exchange, content, metrics)
         update = protocol.decode_record(
             self.fp16, content.array_records[protocol.UPDATE], self.shapes
         )
         self.pool.append(update)
         return update
 
-    def apply(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
-        super().apply(server_round, exchange, accepted)
+    def aggregate_train(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
+        super().aggregate_train(server_round, exchange, accepted)
         if adapt_round(self.config, server_round) and self.pool:
             self.adapt(server_round)
 

@@ -208,7 +208,8 @@ def run_tgap_phase(
 
 def run_tgap_only(grid: Grid, config: RunConfig, out_dir: Path) -> dict:
     """ServerApp entry of `fedpress tgap`: connect the nodes, then the TGAP phase alone."""
-    from fedpress.flower.loop import RoundStats, connect
+    from fedpress.flower.exchange import RoundStats
+    from fedpress.flower.handshake import connect
     from fedpress.flower.progress import ProgressGrid
 
     grid = ProgressGrid(grid, "exchange")

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from fedpress.accounting import message_nbytes
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
-from fedpress.flower.loop import Accepted, FederatedServer, InvalidReply
+from fedpress.flower.server import Accepted, FederatedServer, InvalidReply
 from fedpress.methods.fedcybgd.download import SyncTracker, encode_download
 from fedpress.methods.fedcybgd.turns import (
     Turn,
@@ -85,7 +85,7 @@ class FedCyBGDServer(FederatedServer):
     def exchange_partitions(self, exchange: Turn) -> tuple[int, ...]:
         return exchange.partitions
 
-    def configure(self, server_round: int, exchange: Turn, nodes: list[int]) -> list[Message]:
+    def configure_train(self, server_round: int, exchange: Turn, nodes: list[int]) -> list[Message]:
         """The turn's messages: each client gets only what it lacks of the current model."""
         block = self.layout.blocks[exchange.block]
         messages = []
@@ -112,7 +112,7 @@ class FedCyBGDServer(FederatedServer):
             )
         return messages
 
-    def decode(
+    def decode_reply(
         self, server_round: int, exchange: Turn, content: RecordDict, metrics: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
         block = self.layout.blocks[exchange.block]
@@ -130,7 +130,7 @@ class FedCyBGDServer(FederatedServer):
         self.inflight.pop(node, None)
         self.tracker.forget(node)  # it restarts from the pretrained weights
 
-    def apply(self, server_round: int, exchange: Turn, accepted: list[Accepted]) -> None:
+    def aggregate_train(self, server_round: int, exchange: Turn, accepted: list[Accepted]) -> None:
         """Write the (averaged) block change back."""
         for item in accepted:
             self.tracker.delivered(item.node, self.inflight.pop(item.node))

@@ -14,7 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
-from fedpress.flower.loop import Accepted, FederatedServer
+from fedpress.flower.server import Accepted, FederatedServer
 from fedpress.server_optimizer import ServerOptimizer
 from fedpress.task import LoraTask, build_task
 
@@ -43,7 +43,7 @@ class LoraFedAvgServer(FederatedServer):
     def load_global_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.state = tensors
 
-    def configure(self, server_round: int, exchange: Any, nodes: list[int]) -> list[Message]:
+    def configure_train(self, server_round: int, exchange: Any, nodes: list[int]) -> list[Message]:
         arrays = protocol.tensors_to_record(self.state)
         messages = []
         for node in nodes:
@@ -76,14 +76,14 @@ class LoraFedAvgServer(FederatedServer):
             view[name] += decoded[name]
         return {protocol.GLOBAL_DELTA: record}
 
-    def decode(
+    def decode_reply(
         self, server_round: int, exchange: Any, content: RecordDict, metrics: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
         return protocol.decode_record(
             self.uplink_codec, content.array_records[protocol.UPDATE], self.shapes
         )
 
-    def apply(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
+    def aggregate_train(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
         if self.privacy is not None:
             mean = self.privacy.aggregate([a.update for a in accepted], server_round, self.shapes)
         else:
@@ -102,7 +102,7 @@ class LoraFedAvgServer(FederatedServer):
 
     def nobody_sampled(self, server_round: int) -> None:
         if self.privacy is not None:
-            self.apply(server_round, None, [])
+            self.aggregate_train(server_round, None, [])
 
     # What the DP epsilon covers: every training round's upload (the only uploads).
     dp_covers = ["rounds"]
