@@ -46,6 +46,7 @@ BUILTIN = (
     "cg_fedllm",
     "fedcybgd",
     "fed_full",
+    "fed_sb",
     "centralized",
 )
 

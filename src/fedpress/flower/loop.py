@@ -121,7 +121,7 @@ def run_federation(
     task.set_adapter(final_state)
     final = task.evaluate(task.encode_all(task.splits.eval_examples))
     return recorder.finish(
-        final_state,
+        server.final_weights(),
         final.loss,
         final.accuracy,
         final.examples,

@@ -133,6 +133,11 @@ class FederatedServer(abc.ABC):
                 f"checkpoint holds server state this method has not: {sorted(tensors)[:3]}"
             )
 
+    def final_weights(self) -> dict[str, torch.Tensor]:
+        """What the run folder keeps in `weights_file`: the global state, or the equivalent a
+        standard tool loads (Fed-SB's R's become the plain LoRA adapter `A`, `B R`)."""
+        return self.global_state()
+
     def summary_extra(self) -> dict[str, Any]:
         return {}
 
