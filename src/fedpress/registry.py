@@ -47,6 +47,7 @@ BUILTIN = (
     "fedcybgd",
     "fed_full",
     "fed_sb",
+    "fedkseed",
     "centralized",
 )
 
