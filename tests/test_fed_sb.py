@@ -97,12 +97,12 @@ def test_combine_is_the_truncated_svd_of_the_weighted_mean_step():
     torch.testing.assert_close((b1 * s1) @ a1, one["m.P"] @ one["m.Q"].T, rtol=1e-4, atol=1e-4)
 
 
-def test_the_first_step_is_minus_lr_sign_of_the_base_models_gradient():
+def test_the_first_step_is_minus_init_lr_sign_of_the_base_models_gradient():
     config = load_config(None, SETTING)
     task = build_sb_task(config)
     data = task.encode_all(task.splits.client_shares[0][:6])
     steps = first_step(task, data)
-    lr = config.train.lr
+    lr = config.fedsb.init_lr
     name, layer = next(iter(sb_layers(task.model).items()))
     # The same gradient taken directly on the pretrained weights, adapters off.
     weight = layer.get_base_layer().weight

@@ -1,10 +1,11 @@
 """Fed-SB (Singhal et al., 2025, arXiv 2502.15436): federated LoRA-SB, `W = W0 + B R A`.
 
 A and B are frozen, computed once so that `B R A` is the rank-r truncated SVD of the first
-full fine-tuning step (Adam's first step, `-lr sign(gradient)`); clients train only the
-r x r matrix R of every adapted module, and the server averages R exactly: the mean of the
-clients' `B R_i A` is `B mean(R_i) A`, where LoRA-FedAvg's mean of B and of A is not the mean
-of their products. An upload is `r^2` numbers a module instead of LoRA's `r (in + out)`.
+full fine-tuning step (Adam's first step, `-lr sign(gradient)`, at a small `fedsb.init_lr`);
+clients train only the r x r matrix R of every adapted module, and the server averages R
+exactly: the mean of the clients' `B R_i A` is `B mean(R_i) A`, where LoRA-FedAvg's mean of
+B and of A is not the mean of their products. An upload is `r^2` numbers a module instead
+of LoRA's `r (in + out)`.
 
 Here the first step is federated too (`init.py`): `fedsb.init_clients` clients send the
 rank-r factors of their step; the server takes the truncated SVD of their weighted sum and

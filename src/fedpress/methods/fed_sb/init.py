@@ -2,9 +2,9 @@
 
 1. `fedsb.init_clients` clients (drawn from the run's seed) each take the gradient of the
    pretrained model's adapted weights on `fedsb.init_examples` examples of their share,
-   form Adam's first step `-lr sign(G)` (LoRA-SB's update approximation) and send its rank-r
-   truncated SVD as two factors, `P = U S` (out x r) and `Q = V` (in x r): r (in + out)
-   numbers a module, one LoRA upload's worth, through `fedsb.one_off_codec`.
+   form Adam's first step `-fedsb.init_lr sign(G)` (LoRA-SB's update approximation) and
+   send its rank-r truncated SVD as two factors, `P = U S` (out x r) and `Q = V` (in x r):
+   r (in + out) numbers a module, one LoRA upload's worth, through `fedsb.one_off_codec`.
 2. The server takes the exact rank-r truncated SVD of the clients' example-weighted mean of
    `P Q^T` (QR of the stacked factors, then an SVD of a small matrix): `B = U_r`,
    `A = V_r^T`, `R0 = diag(s_r) / scaling`, so that `B R0 A` is that step.
@@ -83,7 +83,7 @@ def first_step_shape(layer: torch.nn.Module) -> tuple[int, int]:
 
 
 def first_step(task: LoraTask, data: list[Encoded]) -> dict[str, torch.Tensor]:
-    """Adam's first step `-lr sign(G)` of every adapted weight, G summed over batches of the
+    """Adam's first step `-init_lr sign(G)` of every adapted weight, G summed over batches of the
     mean answer loss, on the pretrained model (adapters off), as (out x in) float32."""
     config = task.config
     layers = sb_layers(task.model)
@@ -109,7 +109,7 @@ def first_step(task: LoraTask, data: list[Encoded]) -> dict[str, torch.Tensor]:
         grad = grads[name]
         if tuple(grad.shape) != first_step_shape(layer):  # stored (in, out): Conv1D
             grad = grad.T
-        steps[name] = -config.train.lr * torch.sign(grad)
+        steps[name] = -config.fedsb.init_lr * torch.sign(grad)
     return steps
 
 

@@ -22,6 +22,12 @@ class FedSBConfig:
     # Training examples of its share each of them takes the gradient on (batches of
     # train.batch_size); the paper's scripts use 50-550.
     init_examples: int = 64
+    # The size of the first step A, B and R0 come from, `-init_lr sign(G)`: its direction
+    # sets A and B; its size sets R0, so the model starts where the step would take it. The
+    # reference scales Adam's first step down to lr / (warmup x steps), ~7.5e-7 in its
+    # arithmetic runs; at train.lr (3e-4) the rank-r step alone cost SmolLM2 10 points on
+    # SST-2 before any training (converged protocol, seed 0: 72 % -> 62 %).
+    init_lr: float = 1e-6
     # Power iterations of the randomized truncated SVD (torch.svd_lowrank's niter).
     svd_iterations: int = 10
     # Codec of the one-off factors both ways (a client's step factors up, A and B down).
@@ -38,6 +44,8 @@ def check(config: RunConfig) -> None:
         )
     if sb.init_examples < 1:
         raise FedpressError(f"config key 'fedsb.init_examples' must be >= 1: {sb.init_examples}")
+    if not sb.init_lr > 0:
+        raise FedpressError(f"config key 'fedsb.init_lr' must be > 0, got {sb.init_lr}")
     if sb.svd_iterations < 0:
         raise FedpressError("config key 'fedsb.svd_iterations' must be >= 0")
     from fedpress.codecs.registry import CODEC_NAMES
