@@ -149,12 +149,27 @@ def collect(
     return rows
 
 
+def one_off(row: dict[str, Any], way: str) -> int:
+    """A run's one-off bytes; rows recorded before the key existed held TGAP's alone."""
+    return row.get(f"one_off_bytes_{way}", row.get(f"tgap_bytes_{way}", 0)) or 0
+
+
 def read_run(name: str, seed: int, result: VariantResult | None) -> dict[str, Any]:
     if result is None or not result.finished:
         failed = result is not None and result.status in ("failed", "interrupted")
         return {"variant": name, "seed": seed, "status": "failed" if failed else "not run"}
     summary, config = result.summary or {}, result.config
     tgap = summary.get("tgap_in_run")
+    # One-off phases before round 1 (round 0, with the connection): CG-FedLLM's TGAP when it
+    # ran in this run, Fed-SB's first step and its shipping of A and B.
+    one_off_up = (summary.get("tgap_bytes_up", 0) if tgap else 0) + summary.get(
+        "fedsb_init_bytes_up", 0
+    )
+    one_off_down = (
+        (summary.get("tgap_bytes_down", 0) if tgap else 0)
+        + summary.get("fedsb_init_bytes_down", 0)
+        + summary.get("fedsb_install_bytes_down", 0)
+    )
     federated = registry.get(result.method).federated  # centralized ones send nothing
     cybgd_download = summary.get("download_bytes_per_turn") or {}
     return {
@@ -173,6 +188,10 @@ def read_run(name: str, seed: int, result: VariantResult | None) -> dict[str, An
         "bytes_down_total": training_bytes(result, "down"),
         "tgap_bytes_up": summary.get("tgap_bytes_up", 0) if tgap else 0,
         "tgap_bytes_down": summary.get("tgap_bytes_down", 0) if tgap else 0,
+        "one_off_bytes_up": one_off_up,
+        "one_off_bytes_down": one_off_down,
+        "client_train_s": summary.get("client_train_s"),
+        "client_forward_passes": summary.get("client_forward_passes_total"),
         "client_peak_mem_bytes": summary.get("client_peak_mem_bytes"),
         "client_steps": client_steps(result),
         "wall_s": summary.get("wall_s"),
@@ -276,7 +295,7 @@ def summarize(
         to_target = mean_spread(reached) if all(b is not None for b in reached) else None
         reached_loss = [r["bytes_up_to_loss_target"] for r in mine]
         to_loss = mean_spread(reached_loss) if None not in reached_loss else None
-        with_tgap = mean_spread([r["bytes_up_total"] + r["tgap_bytes_up"] for r in mine])
+        with_tgap = mean_spread([r["bytes_up_total"] + one_off(r, "up") for r in mine])
         variants.append(
             {
                 "variant": entry["name"],
@@ -300,7 +319,14 @@ def summarize(
                     else None
                 ),
                 "tgap_bytes_up": mean_spread([r["tgap_bytes_up"] for r in mine]),
-                # TGAP's one-off upload amortized over this run's rounds.
+                "one_off_bytes_up": mean_spread([one_off(r, "up") for r in mine]),
+                "one_off_bytes_down": mean_spread([one_off(r, "down") for r in mine]),
+                "client_train_s": (
+                    mean_spread([r["client_train_s"] for r in mine])
+                    if all(r.get("client_train_s") is not None for r in mine)
+                    else None
+                ),
+                # The one-off upload (TGAP's, Fed-SB's first step) amortized over the rounds.
                 "uplink_saving_with_tgap_x": (
                     ref_up[0] / with_tgap[0] if ref_up and with_tgap and with_tgap[0] else None
                 ),
@@ -356,11 +382,12 @@ def markdown(table: dict[str, Any]) -> str:
         ("loss", "final eval loss"),
         ("up", "uplink MB"),
         ("saving", "uplink saving"),
-        ("tgap", "TGAP MB up (once); saving with it"),
+        ("tgap", "one-off MB up / down (once); uplink saving with it"),
         ("target", "uplink MB to target"),
         ("loss_target", "uplink MB to loss target"),
         ("down", "download MB"),
         ("mem", "client peak MB"),
+        ("client_s", "client compute s"),
         ("wall", "wall s"),
     ]
     lines = []
@@ -396,10 +423,12 @@ def markdown(table: dict[str, Any]) -> str:
                 "target": target,
                 "loss_target": loss_target,
                 "tgap": (
-                    f"{v['tgap_bytes_up'][0] / MB:.1f}; {v['uplink_saving_with_tgap_x']:.2f}x"
-                    if v["tgap_bytes_up"] and v["tgap_bytes_up"][0]
+                    f"{v['one_off_bytes_up'][0] / MB:.2f} / {v['one_off_bytes_down'][0] / MB:.2f}"
+                    f"; {v['uplink_saving_with_tgap_x']:.2f}x"
+                    if v.get("one_off_bytes_up") and v["one_off_bytes_up"][0]
                     else "-"
                 ),
+                "client_s": _pm(v.get("client_train_s"), 1, 0),
                 "down": _pm(v["bytes_down_total"], 1 / MB, 1),
                 "mem": _pm(v["client_peak_mem_bytes"], 1 / MB, 0),
                 "wall": _pm(v["wall_s"], 1, 0),

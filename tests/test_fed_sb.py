@@ -14,6 +14,7 @@ from fedpress.methods.fed_sb.init import combine, first_step, truncated_factors
 from fedpress.methods.fed_sb.task import (
     ADAPTER,
     build_sb_task,
+    freeze_a_and_b,
     frozen_shapes,
     install_frozen,
     sb_layers,
@@ -102,6 +103,9 @@ def test_the_first_step_is_minus_init_lr_sign_of_the_base_models_gradient():
     task = build_sb_task(config)
     data = task.encode_all(task.splits.client_shares[0][:6])
     steps = first_step(task, data)
+    # Still only the R's train (PEFT re-enables every adapter tensor after disable_adapter).
+    trainable = [n for n, p in task.model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith(".lora_A.default.r.weight") for n in trainable)
     lr = config.fedsb.init_lr
     name, layer = next(iter(sb_layers(task.model).items()))
     # The same gradient taken directly on the pretrained weights, adapters off.
@@ -118,6 +122,7 @@ def test_the_first_step_is_minus_init_lr_sign_of_the_base_models_gradient():
                 total += grad
     finally:
         weight.requires_grad_(False)
+        freeze_a_and_b(task)
     assert torch.equal(steps[name], -lr * torch.sign(total))
     p, q = truncated_factors(steps[name], config.lora.r, 10, seed=0)
     assert p.shape == (weight.shape[0], config.lora.r) and q.shape == (

@@ -44,6 +44,7 @@ from fedpress.methods.fed_sb.settings import INIT_PHASE
 from fedpress.methods.fed_sb.task import (
     ADAPTER_R,
     build_sb_task,
+    freeze_a_and_b,
     frozen_shapes,
     sb_layers,
     scaling,
@@ -103,6 +104,7 @@ def first_step(task: LoraTask, data: list[Encoded]) -> dict[str, torch.Tensor]:
     finally:
         for weight in weights.values():
             weight.requires_grad_(False)
+        freeze_a_and_b(task)  # leaving disable_adapter() made A and B trainable again
         task.model.zero_grad(set_to_none=True)
     steps = {}
     for name, layer in layers.items():

@@ -54,12 +54,19 @@ def build_sb_task(config: RunConfig) -> LoraTask:
         raise ValueError("fed-sb found no LoRA layers in the model (lora.target_modules)")
     if not isinstance(next(iter(layers.values())).lora_A[ADAPTER], AThenR):
         for layer in layers.values():
-            a, b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
-            a.weight.requires_grad_(False)
-            b.weight.requires_grad_(False)
-            layer.lora_A[ADAPTER] = AThenR(a, config.lora.r)
+            layer.lora_A[ADAPTER] = AThenR(layer.lora_A[ADAPTER], config.lora.r)
+        freeze_a_and_b(task)
         task.initial_adapter = adapter_state(task.model)
     return task
+
+
+def freeze_a_and_b(task: LoraTask) -> None:
+    """Only the R's train. (PEFT makes an adapter's every tensor trainable again whenever it
+    re-enables the adapter, as after `disable_adapter()`: call this after such a block.)"""
+    for layer in sb_layers(task.model).values():
+        layer.lora_A[ADAPTER].a.weight.requires_grad_(False)
+        layer.lora_A[ADAPTER].r.weight.requires_grad_(True)
+        layer.lora_B[ADAPTER].weight.requires_grad_(False)
 
 
 def frozen_shapes(task: LoraTask) -> dict[str, tuple[int, ...]]:
