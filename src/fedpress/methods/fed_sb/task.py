@@ -13,7 +13,7 @@ from torch import nn
 
 from fedpress.config import RunConfig
 from fedpress.models import adapter_state
-from fedpress.task import LoraTask, build_task
+from fedpress.task import BUILD_LOCK, LoraTask, build_task
 
 ADAPTER = "default"
 ADAPTER_R = f"lora_A.{ADAPTER}.r.weight"  # an R's name under its layer's
@@ -47,17 +47,19 @@ def sb_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def build_sb_task(config: RunConfig) -> LoraTask:
-    """The process's LoRA task, turned into LoRA-SB once (A and B frozen, R trainable)."""
-    task = build_task(config)
-    layers = sb_layers(task.model)
-    if not layers:
-        raise ValueError("fed-sb found no LoRA layers in the model (lora.target_modules)")
-    if not isinstance(next(iter(layers.values())).lora_A[ADAPTER], AThenR):
-        for layer in layers.values():
-            layer.lora_A[ADAPTER] = AThenR(layer.lora_A[ADAPTER], config.lora.r)
-        freeze_a_and_b(task)
-        task.initial_adapter = adapter_state(task.model)
-    return task
+    """The process's LoRA task, turned into LoRA-SB once (A and B frozen, R trainable). Under
+    the build lock: a node's warm-up thread builds it while its first message is handled."""
+    with BUILD_LOCK:
+        task = build_task(config)
+        layers = sb_layers(task.model)
+        if not layers:
+            raise ValueError("fed-sb found no LoRA layers in the model (lora.target_modules)")
+        if not isinstance(next(iter(layers.values())).lora_A[ADAPTER], AThenR):
+            for layer in layers.values():
+                layer.lora_A[ADAPTER] = AThenR(layer.lora_A[ADAPTER], config.lora.r)
+            freeze_a_and_b(task)
+            task.initial_adapter = adapter_state(task.model)
+        return task
 
 
 def freeze_a_and_b(task: LoraTask) -> None:
