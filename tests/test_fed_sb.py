@@ -190,3 +190,19 @@ def test_a_fed_sb_run_sends_only_r_and_a_resumed_run_rebuilds_the_same_model(tmp
     # every node installed), and the final evaluation of the same model gives the same loss.
     again = simulate(config, out, resume=True)
     assert again["final_eval_loss"] == pytest.approx(summary["final_eval_loss"], abs=1e-6)
+
+
+def test_two_threads_building_the_task_convert_it_once():
+    """A node's warm-up thread builds the task while its first message is handled."""
+    import threading
+
+    config = load_config(None, [*SETTING, "lora.r=3"])  # a config no other test has built
+    threads = [threading.Thread(target=build_sb_task, args=(config,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    task = build_sb_task(config)
+    shapes = [tuple(p.shape) for p in task.model.parameters() if p.requires_grad]
+    assert shapes and set(shapes) == {(3, 3)}
+    assert len(shapes) == len(sb_layers(task.model))
