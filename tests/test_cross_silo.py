@@ -239,7 +239,7 @@ def server_config(tmp_path, shared_data, clients, *extra):
 @pytest.mark.slow  # a real SuperLink and three real SuperNodes
 def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_path, shared_data):
     (tmp_path / "server").mkdir()
-    config = server_config(tmp_path, shared_data, 3)
+    config = server_config(tmp_path, shared_data, 3, "rounds=1")  # one round shows it all
     orgs = [tmp_path / name for name in ("hospital", "bank", "broken")]
     for org in orgs:
         org.mkdir()
@@ -255,11 +255,10 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_pa
         {"data-path": str(alpaca_file(orgs[2] / "notes.json", shared_data, 60, 30, True))},
     ]
     summary, rounds, sent = deploy(tmp_path, config, nodes)
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    for record in rounds[1:]:
-        assert (record["clients_ok"], record["clients_failed"]) == (2, 1)
-        assert record["bytes_up"] > 0
-    assert summary["clients_failed_total"] == 2
+    assert [r["round"] for r in rounds] == [0, 1]
+    assert (rounds[1]["clients_ok"], rounds[1]["clients_failed"]) == (2, 1)
+    assert rounds[1]["bytes_up"] > 0
+    assert summary["clients_failed_total"] == 1
     # The two good nodes scored every global model on their own held-out files.
     assert all(r["fed_eval_nodes"] == 2 and r["fed_eval_examples"] == 16 for r in rounds)
     assert rounds[-1]["fed_eval_loss"] < rounds[0]["fed_eval_loss"]
@@ -272,7 +271,8 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_pa
     "method_args",
     [
         # Delta sync: each node's copy of the model lives in Context.state, which the
-        # deployment engine keeps while it starts a new ClientApp process for every message.
+        # deployment engine keeps while it starts a new ClientApp process for every message
+        # (two rounds: the second one's download is a delta). The others need one round.
         ["method=fedcybgd", "cybgd.delta_sync=true", "cybgd.prune_ratio=0.5"],
         # TGAP (train.tgap messages, snapshots from each node's D1 share of its own file),
         # then FAF.
@@ -281,9 +281,10 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_pa
             "autoencoder.train_steps=5",
             "autoencoder.snapshots=2",
             "data.holdout_fraction=0.3",
+            "rounds=1",
         ],
         # Every parameter trained and sent (LoRA-FedAvg's client on the full task).
-        ["method=fed-full", "train.lr=1e-4"],
+        ["method=fed-full", "train.lr=1e-4", "rounds=1"],
     ],
     ids=["fedcybgd-delta-sync", "cg-fedllm-tgap", "fed-full"],
 )
@@ -305,7 +306,7 @@ def test_methods_with_client_state_on_organisations_own_files(tmp_path, shared_d
             }
         )
     summary, rounds, sent = deploy(tmp_path, config, nodes)
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == list(range(config.rounds + 1))
     assert summary["clients_failed_total"] == 0
     assert all(r["clients_failed"] == 0 and r["clients_ok"] > 0 for r in rounds[1:])
     assert str(tmp_path) not in sent

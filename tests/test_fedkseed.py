@@ -18,6 +18,7 @@ from fedpress.methods.fedkseed.replay import (
     History,
     build_kseed_task,
     catch_up,
+    kept_on_disk,
     pro_probabilities,
     z_seed,
     zeroth_order_round,
@@ -97,6 +98,21 @@ def test_a_round_moves_the_weights_by_minus_lr_sum_of_scalar_times_z():
     with torch.no_grad():
         for param, b in zip(params, before, strict=True):
             param.copy_(b)
+
+
+def test_the_weights_kept_on_disk_come_back_bit_for_bit():
+    params = [
+        torch.randn(7, 5),
+        torch.randn(6, 4).t(),  # not contiguous
+        torch.randn(33).to(torch.bfloat16),
+    ]
+    before = [p.clone() for p in params]
+    with kept_on_disk(params), torch.no_grad():
+        for p in params:
+            p.add_(0.1).sub_(0.1)  # float rounding: some elements no longer the same
+        assert not all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    for p, b in zip(params, before, strict=True):
+        assert p.dtype == b.dtype and torch.equal(p, b)
 
 
 def test_pro_samples_seeds_by_the_size_of_their_past_scalars():

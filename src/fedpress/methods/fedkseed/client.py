@@ -1,13 +1,13 @@
 """FedKSeed, client side: append the rounds the server sent to this node's history (kept in
 Context.state), bring this process's model to the global model by replaying what it has not
-applied, take the zeroth-order steps, return to the global weights, send one scalar per seed."""
+applied, take the zeroth-order steps, return to the global weights (kept on disk during the
+turn, not in memory), send one scalar per seed."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
-import torch
 from flwr.app import Context, Message
 
 from fedpress.config import RunConfig
@@ -17,6 +17,7 @@ from fedpress.methods.fedkseed.replay import (
     History,
     build_kseed_task,
     catch_up,
+    kept_on_disk,
     pro_probabilities,
     zeroth_order_round,
 )
@@ -55,22 +56,15 @@ def train(msg: Message, context: Context, config: RunConfig) -> Message:
     replay_s = time.perf_counter() - started
     data = node.share(context, config, task)
     probabilities = pro_probabilities(config, history) if config.fedkseed.pro else None
-    params = task.parameters()
-    global_weights = [p.detach().clone() for p in params]  # to return to after the turn
-    try:
-        with training_memory(task.device) as memory:
-            turn = zeroth_order_round(
-                task,
-                data,
-                config.train.local_steps,
-                node.train_seed(config, server_round, partition),
-                probabilities,
-            )
-    finally:
-        with torch.no_grad():
-            for param, weights in zip(params, global_weights, strict=True):
-                param.copy_(weights)
-        del global_weights
+    # The turn moves the process's model; afterwards it is the global model again, exactly.
+    with kept_on_disk(task.parameters()), training_memory(task.device) as memory:
+        turn = zeroth_order_round(
+            task,
+            data,
+            config.train.local_steps,
+            node.train_seed(config, server_round, partition),
+            probabilities,
+        )
     seeds = sorted(turn.sums)
     update = protocol.arrays_to_record(
         {

@@ -10,8 +10,11 @@ restarted node hold the same bits (`tests/test_fedkseed.py` checks it on CPU).
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +72,35 @@ def add_direction(params: list[torch.Tensor], seed: int, scale: float) -> None:
     for param in params:
         z = torch.randn(param.shape, generator=generator, dtype=torch.float32)
         param.add_(z.to(param.device, param.dtype), alpha=scale)
+
+
+def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU uint8 view of `tensor`'s storage (no copy for a contiguous CPU tensor)."""
+    return tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
+
+
+@contextmanager
+def kept_on_disk(params: list[torch.Tensor]) -> Iterator[None]:
+    """The weights as they are now, written to a temporary file and read back into the same
+    tensors on exit: a client returns to the global weights bit for bit (the in-place
+    round trips leave float32 rounding) without holding a second copy of the model in memory.
+    Raw bytes in parameter order, never a pickle; one parameter at a time passes through
+    memory for a tensor that is not a contiguous CPU tensor."""
+    with tempfile.TemporaryFile(prefix="fedkseed-global-") as handle:
+        for param in params:
+            handle.write(memoryview(_raw_bytes(param).numpy()))
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            with torch.no_grad():
+                for param in params:
+                    in_place = param.device.type == "cpu" and param.is_contiguous()
+                    target = _raw_bytes(param) if in_place else torch.empty_like(_raw_bytes(param))
+                    if handle.readinto(memoryview(target.numpy())) != target.numel():
+                        raise OSError("the kept global weights were cut short on disk")
+                    if not in_place:
+                        param.copy_(target.view(param.dtype).reshape(param.shape))
 
 
 @dataclass
