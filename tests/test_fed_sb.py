@@ -10,7 +10,14 @@ from safetensors.torch import load_file
 from conftest import ONE_CORE
 from fedpress.config import load_config
 from fedpress.errors import FedpressError
-from fedpress.methods.fed_sb.init import combine, first_step, truncated_factors
+from fedpress.flower import protocol
+from fedpress.methods.fed_sb.init import (
+    combine,
+    first_step,
+    one_off_codec,
+    random_start,
+    truncated_factors,
+)
 from fedpress.methods.fed_sb.task import (
     ADAPTER,
     build_sb_task,
@@ -141,6 +148,41 @@ def test_settings_are_checked_when_the_config_loads():
         load_config(None, ["method=fed-sb", "fedsb.one_off_codec=int9"])
     with pytest.raises(FedpressError, match="not used by method 'lora-fedavg'"):
         load_config(None, ["fedsb.init_examples=8"])
+    with pytest.raises(FedpressError, match="fedsb.init"):
+        load_config(None, ["method=fed-sb", "fedsb.init=svd"])
+    # The gradient init's one-off upload is a client's data-shaped step, outside DP.
+    with pytest.raises(FedpressError, match="outside the DP guarantee"):
+        load_config(None, ["method=fed-sb", "privacy.enabled=true"])
+    load_config(None, ["method=fed-sb", "privacy.enabled=true", "fedsb.init=random"])
+
+
+def test_the_random_start_is_orthonormal_seeded_and_leaves_the_base_model():
+    config = load_config(None, [*SETTING, "fedsb.init=random"])
+    task = build_sb_task(config)
+    start = random_start(task)
+    assert start.bytes_up == [] and start.clients == 0  # no client involved
+    again = random_start(task)
+    frozen = protocol.decode_record(one_off_codec(config), start.frozen, frozen_shapes(task))
+    repeated = protocol.decode_record(one_off_codec(config), again.frozen, frozen_shapes(task))
+    rank = config.lora.r
+    for key, value in frozen.items():
+        assert torch.equal(value, repeated[key])  # the same from the same seed
+        gram = value @ value.T if key.endswith(".A") else value.T @ value
+        torch.testing.assert_close(gram, torch.eye(rank), atol=1e-5, rtol=0)
+    assert all(torch.equal(r, torch.zeros(rank, rank)) for r in start.initial_r.values())
+    other = load_config(None, [*SETTING, "fedsb.init=random", "seed=1"])
+    assert not torch.equal(
+        next(iter(frozen.values())),
+        next(
+            iter(
+                protocol.decode_record(
+                    one_off_codec(other),
+                    random_start(build_sb_task(other)).frozen,
+                    frozen_shapes(task),
+                ).values()
+            )
+        ),
+    )
 
 
 @pytest.mark.slow

@@ -188,6 +188,28 @@ def read_factors(reply: Message, task: LoraTask, codec: Codec) -> tuple[float, d
     return float(examples), factors
 
 
+def random_orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
+    """A `rows x cols` matrix with orthonormal columns (rows >= cols) or rows."""
+    tall = torch.randn(max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
+    q, _ = torch.linalg.qr(tall)
+    return (q if rows >= cols else q.T).float().contiguous()
+
+
+def random_start(task: LoraTask) -> FirstStep:
+    """`fedsb.init = "random"`: A and B random orthonormal from the run's seed, R0 = 0, so the
+    model starts as the base and no client's data shaped the frozen pair."""
+    config, rank = task.config, task.config.lora.r
+    generator = torch.Generator().manual_seed(config.seed * 7_919 + 17)
+    shapes = frozen_shapes(task)
+    frozen: dict[str, torch.Tensor] = {}
+    initial_r: dict[str, torch.Tensor] = {}
+    for name in sb_layers(task.model):
+        frozen[f"{name}.A"] = random_orthonormal(*shapes[f"{name}.A"], generator)
+        frozen[f"{name}.B"] = random_orthonormal(*shapes[f"{name}.B"], generator)
+        initial_r[f"{name}.{ADAPTER_R}"] = torch.zeros(rank, rank)
+    return FirstStep(protocol.encode_record(one_off_codec(config), frozen, shapes), initial_r)
+
+
 def run_first_step(grid: Grid, task: LoraTask, partitions: dict[int, int]) -> FirstStep:
     """The one-off phase inside the ServerApp: ask the init clients, combine, return A, B, R0."""
     config = task.config

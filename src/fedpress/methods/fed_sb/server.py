@@ -22,7 +22,7 @@ from fedpress.config import RunConfig
 from fedpress.errors import FedpressError
 from fedpress.flower import protocol
 from fedpress.flower.exchange import RoundStats
-from fedpress.methods.fed_sb.init import one_off_codec, run_first_step
+from fedpress.methods.fed_sb.init import one_off_codec, random_start, run_first_step
 from fedpress.methods.fed_sb.settings import INSTALL_PHASE
 from fedpress.methods.fed_sb.task import (
     ADAPTER_R,
@@ -49,7 +49,10 @@ class FedSBServer(LoraFedAvgServer):
     def prepare(self, grid: Grid, resume: bool) -> None:
         stats = self.stats.setdefault(min(self.stats, default=0), RoundStats())
         if self.frozen is None:
-            result = run_first_step(grid, self.task, self.partitions)
+            if self.config.fedsb.init == "random":
+                result = random_start(self.task)
+            else:
+                result = run_first_step(grid, self.task, self.partitions)
             self.frozen = result.frozen
             self.state = result.initial_r
             stats.sampled += len(result.bytes_down)

@@ -14,8 +14,16 @@ INIT_PHASE = "fedsb_init"  # a client's first-step factors: message type "train.
 INSTALL_PHASE = "fedsb_install"  # the frozen A and B, once per node: "train.fedsb_install"
 
 
+INITS = ("gradient", "random")
+
+
 @dataclass
 class FedSBConfig:
+    # Where A and B come from. "gradient": the paper's, the truncated SVD of the first
+    # full fine-tuning step on some clients' data (a one-off upload of about one LoRA update,
+    # outside any DP guarantee). "random": random orthonormal A and B from the run's seed
+    # and R0 = 0 (the model starts as the base), no client involved, nothing uploaded.
+    init: str = "gradient"
     # Clients that compute the first-step gradient A and B come from (drawn from the run's
     # seed); each sends the rank-r factors of its step, about one LoRA-FedAvg upload.
     init_clients: int = 1
@@ -37,6 +45,15 @@ class FedSBConfig:
 
 def check(config: RunConfig) -> None:
     sb = config.fedsb
+    if sb.init not in INITS:
+        raise FedpressError(
+            f"config key 'fedsb.init' = {sb.init!r} is not one of {', '.join(INITS)}"
+        )
+    if config.privacy.enabled and sb.init == "gradient":
+        raise FedpressError(
+            "privacy.enabled with fed-sb needs fedsb.init = 'random': the gradient init's "
+            "one-off upload (a client's first step) is outside the DP guarantee"
+        )
     if not 1 <= sb.init_clients <= config.num_clients:
         raise FedpressError(
             f"config key 'fedsb.init_clients' must be in [1, num_clients = {config.num_clients}]"
