@@ -149,6 +149,24 @@ def collect(
     return rows
 
 
+def client_work(rows: list[dict[str, Any]], raw: dict) -> dict[str, float] | None:
+    """What the clients computed in the training rounds, mean over seeds: optimizer steps,
+    forward and backward passes, examples. A zeroth-order method reports its forward passes
+    (two a step, no backward); a gradient step is one forward and one backward pass."""
+    if any(not r.get("client_steps") for r in rows):
+        return None
+    base_batch = raw.get("base", {}).get("train", {}).get("batch_size")
+    work: dict[str, list[float]] = {"steps": [], "forward": [], "backward": [], "examples": []}
+    for r in rows:
+        steps, forward = r["client_steps"], r.get("client_forward_passes")
+        work["steps"].append(steps)
+        work["forward"].append(forward if forward is not None else steps)
+        work["backward"].append(0 if forward is not None else steps)
+        batch = r.get("batch_size") or base_batch
+        work["examples"].append(steps * batch if batch else float("nan"))
+    return {k: sum(v) / len(v) for k, v in work.items()}
+
+
 def one_off(row: dict[str, Any], way: str) -> int:
     """A run's one-off bytes; rows recorded before the key existed held TGAP's alone."""
     return row.get(f"one_off_bytes_{way}", row.get(f"tgap_bytes_{way}", 0)) or 0
@@ -194,6 +212,7 @@ def read_run(name: str, seed: int, result: VariantResult | None) -> dict[str, An
         "client_forward_passes": summary.get("client_forward_passes_total"),
         "client_peak_mem_bytes": summary.get("client_peak_mem_bytes"),
         "client_steps": client_steps(result),
+        "batch_size": (config.get("train") or {}).get("batch_size"),
         "wall_s": summary.get("wall_s"),
         "local_steps": config["train"]["local_steps"],
         # CG-FedLLM: how well its autoencoder reconstructs held-out TGAP updates.
@@ -333,6 +352,7 @@ def summarize(
                 "client_peak_mem_bytes": mem,
                 "mem_vs_fed_full": mem[0] / full_mem[0] if mem and full_mem else None,
                 "client_steps": mean_spread([r["client_steps"] for r in mine]),
+                "client_work": client_work(mine, raw),
                 "eval_loss_vs_fed_full": [
                     {
                         "seed": r["seed"],
@@ -387,6 +407,7 @@ def markdown(table: dict[str, Any]) -> str:
         ("loss_target", "uplink MB to loss target"),
         ("down", "download MB"),
         ("mem", "client peak MB"),
+        ("work", "client steps (fwd / bwd passes, examples)"),
         ("client_s", "client compute s"),
         ("wall", "wall s"),
     ]
@@ -429,6 +450,7 @@ def markdown(table: dict[str, Any]) -> str:
                     else "-"
                 ),
                 "client_s": _pm(v.get("client_train_s"), 1, 0),
+                "work": _work(v.get("client_work")),
                 "down": _pm(v["bytes_down_total"], 1 / MB, 1),
                 "mem": _pm(v["client_peak_mem_bytes"], 1 / MB, 0),
                 "wall": _pm(v["wall_s"], 1, 0),
@@ -483,6 +505,15 @@ def recorded_note(table: dict[str, Any]) -> list[str]:
         "Runs whose folders were not on the machine that built this table, read from "
         f"converged.json as an earlier invocation recorded them: {', '.join(recorded)}.",
     ]
+
+
+def _work(work: dict[str, float] | None) -> str:
+    if not work:
+        return "-"
+    return (
+        f"{work['steps']:.0f} ({work['forward']:.0f} / {work['backward']:.0f}, "
+        f"{work['examples']:.0f})"
+    )
 
 
 def _steps(variant: dict[str, Any]) -> str:

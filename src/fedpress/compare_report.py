@@ -238,12 +238,12 @@ def codec_share(summary: dict[str, Any]) -> float | None:
 
 def client_steps(result: VariantResult) -> int | None:
     """Client optimizer steps: the run's own count, else (round-based runs) clients that
-    reported x local steps."""
+    reported in the training rounds x local steps (round 0's one-off work is not a step)."""
     counted = (result.summary or {}).get("client_steps_total")
     if counted:
         return int(counted)
     steps = (result.config.get("train") or {}).get("local_steps")
-    done = sum(r.get("clients_ok") or 0 for r in result.rounds)
+    done = sum(r.get("clients_ok") or 0 for r in result.rounds if r.get("round", 1) > 0)
     return done * steps if steps and done else None
 
 
