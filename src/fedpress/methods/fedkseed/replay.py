@@ -96,7 +96,8 @@ def kept_on_disk(params: list[torch.Tensor]) -> Iterator[None]:
             with torch.no_grad():
                 for param in params:
                     in_place = param.device.type == "cpu" and param.is_contiguous()
-                    target = _raw_bytes(param) if in_place else torch.empty_like(_raw_bytes(param))
+                    size = param.numel() * param.element_size()
+                    target = _raw_bytes(param) if in_place else torch.empty(size, dtype=torch.uint8)
                     if handle.readinto(memoryview(target.numpy())) != target.numel():
                         raise OSError("the kept global weights were cut short on disk")
                     if not in_place:
