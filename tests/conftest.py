@@ -28,16 +28,3 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not beside the repository")
     return SHARED_DATA
-
-
-@pytest.fixture
-def tiny_run_toml(tmp_path) -> Path:
-    """A 2-client, 2-round tiny-model config file, as the deployment tests submit it."""
-    from fedpress.config import load_config
-
-    config = load_config(
-        None, ["model=tiny-gpt2", "num_clients=2", "rounds=2", "train.local_steps=2"]
-    )
-    path = tmp_path / "run.toml"
-    config.save(path)
-    return path
