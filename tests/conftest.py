@@ -17,7 +17,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # CLI run with the defaults, leave these out.
 ONE_CORE_SETTINGS = {"federation.client_cpus": os.cpu_count() or 1, "runtime.threads": 1}
 ONE_CORE = tuple(f"{key}={value}" for key, value in ONE_CORE_SETTINGS.items())
-ONE_CORE_CLI = [arg for override in ONE_CORE for arg in ("--set", override)]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

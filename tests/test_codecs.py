@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ONE_CORE
 from fedpress.codecs import (
     CODEC_NAMES,
     ERROR_FEEDBACK_BY_DEFAULT,
@@ -675,3 +677,22 @@ def test_unknown_codec_name_suggests_close_match():
 def test_bad_options_are_rejected(name, options, match):
     with pytest.raises(ValueError, match=match):
         build_codec(name, **options)
+
+
+@pytest.mark.slow  # a real Flower simulation
+def test_codecs_shrink_the_measured_messages(tmp_path):
+    from safetensors.torch import load_file
+
+    from fedpress.config import load_config
+    from fedpress.runner import run_config
+
+    out = tmp_path / "run"
+    overrides = ["model=tiny-qwen2", "num_clients=2", "rounds=2", "uplink_codec=int4"]
+    run_config(load_config(None, [*overrides, "downlink_codec=int8", *ONE_CORE]), out)
+    adapter_bytes = sum(t.numel() * 4 for t in load_file(out / "adapter.safetensors").values())
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rounds[1:]:
+        assert r["clients_ok"] == 2
+        # int4 with fp32 scales per 64 values: 0.5625 bytes per number, ~7x below fp32.
+        assert all(b < adapter_bytes / 5 for b in r["bytes_up_per_client"])
+        assert all(b < adapter_bytes / 2.5 for b in r["bytes_down_per_client"])
