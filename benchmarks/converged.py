@@ -446,7 +446,7 @@ def markdown(table: dict[str, Any]) -> str:
                 "tgap": (
                     f"{v['one_off_bytes_up'][0] / MB:.2f} / {v['one_off_bytes_down'][0] / MB:.2f}"
                     f"; {v['uplink_saving_with_tgap_x']:.2f}x"
-                    if v.get("one_off_bytes_up") and v["one_off_bytes_up"][0]
+                    if any((v.get(f"one_off_bytes_{way}") or [0])[0] for way in ("up", "down"))
                     else "-"
                 ),
                 "client_s": _pm(v.get("client_train_s"), 1, 0),
