@@ -140,6 +140,13 @@ def test_settings_are_refused_where_the_replay_could_not_follow():
             load_config(None, ["method=fedkseed", override])
 
 
+def test_a_first_order_rate_is_warned_about(caplog):
+    load_config(None, ["method=fedkseed", "train.lr=1e-5"])
+    assert "zeroth-order rates" not in caplog.text
+    load_config(None, ["method=fedkseed"])  # fedpress's default rate, LoRA's
+    assert "train.lr = 0.003 is far above zeroth-order rates" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_run_replays_to_the_same_bits_everywhere_and_resumes(tmp_path):
     from fedpress.flower.simulation import simulate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,12 @@ from fedpress.errors import FedpressError
 
 if TYPE_CHECKING:
     from fedpress.config import RunConfig
+
+log = logging.getLogger("fedpress")
+
+# Zeroth-order steps move every weight along a random direction: rates that suit LoRA
+# (fedpress's default 3e-3) make the loss climb within a round.
+LARGEST_USUAL_LR = 1e-4
 
 
 @dataclass
@@ -44,3 +51,9 @@ def check(config: RunConfig) -> None:
         raise FedpressError("fedkseed's replay has no weight decay: set train.weight_decay = 0")
     if config.runtime.quantize != "none":
         raise FedpressError("fedkseed perturbs every weight: runtime.quantize must be 'none'")
+    if config.train.lr > LARGEST_USUAL_LR:
+        log.warning(
+            "fedkseed: train.lr = %g is far above zeroth-order rates (1e-7 to 1e-5; 1e-5 is "
+            "the better of 1e-6 and 1e-5 on SmolLM2, docs/frontier.md): the loss may diverge",
+            config.train.lr,
+        )
