@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import re
 from collections import Counter
 
@@ -43,6 +44,19 @@ def test_alpaca_and_text_loaders(shared_data):
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(FedpressError, match="not found"):
         load_examples(str(tmp_path / "missing.tsv"), DataConfig(), 0)
+
+
+@pytest.mark.parametrize("fmt", ["text", "alpaca", "classification"])
+def test_only_regular_files_are_read(tmp_path, fmt):
+    """/dev/zero would be read until memory ran out and a FIFO without a writer would block
+    for ever; both, and a folder where a file is read, are one user error naming the path."""
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.tsv"
+    folder.mkdir()
+    for path in ("/dev/zero", str(fifo), str(folder)):
+        with pytest.raises(FedpressError, match=re.escape(path)):
+            load_examples(path, DataConfig(format=fmt), 0)
 
 
 def test_bad_label_is_reported_with_its_line(tmp_path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +36,8 @@ ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_INPUT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 CLASSIFICATION_TEMPLATE = "Review: {text}\nSentiment:"
 MCQ_LETTERS = ("A", "B", "C", "D")
+# Data files are read whole (and decoded) before anything is split: a cap on what one may be.
+MAX_DATA_FILE_BYTES = 4 * 2**30
 
 
 def parity_task(size: int, seed: int) -> list[Example]:
@@ -221,9 +225,25 @@ def _read_json_list(path: Path) -> list:
 
 def _open_text(path: Path) -> io.StringIO:
     """The whole file decoded up front, so a file that is not UTF-8 text (a binary file given
-    as `data.source`) is one user error naming it, whichever reader consumes the stream."""
+    as `data.source`) is one user error naming it, whichever reader consumes the stream.
+
+    Only a regular file of at most `MAX_DATA_FILE_BYTES` is read: `/dev/zero` would be read
+    until memory runs out, a FIFO would block forever."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb", opener=_open_no_block) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise FedpressError(
+                    f"{path} is not a regular file (a folder, device, FIFO or socket); "
+                    "data files must be regular files"
+                )
+            if info.st_size > MAX_DATA_FILE_BYTES:
+                raise FedpressError(
+                    f"{path} is {info.st_size / 2**30:.1f} GiB; fedpress reads data files of at "
+                    f"most {MAX_DATA_FILE_BYTES / 2**30:.0f} GiB whole (cut it, or keep part "
+                    "with data.max_train_examples after splitting it)"
+                )
+            raw = handle.read(MAX_DATA_FILE_BYTES + 1)
     except OSError as exc:
         raise FedpressError(f"cannot read {path}: {exc.strerror}") from None
     try:
@@ -234,6 +254,11 @@ def _open_text(path: Path) -> io.StringIO:
             "UTF-8 (check data.source, data.eval_source and data.format)"
         ) from None
     return io.StringIO(text, newline="")  # newline="": the csv module sees the raw line ends
+
+
+def _open_no_block(name: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO without a writer returns at once (then fstat refuses it).
+    return os.open(name, flags | os.O_NONBLOCK)
 
 
 # --- splitting and partitioning -------------------------------------------------------------
