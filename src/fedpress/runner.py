@@ -34,6 +34,10 @@ def run_config(
 
     out_dir = Path(out_dir)
     method = registry.get(config.method)
+    if resume:  # a bad checkpoint is refused before anything starts or writes
+        from fedpress.checkpoint import load_checkpoint
+
+        load_checkpoint(out_dir)
     try:
         if method.local is not None:
             return method.local(config, out_dir, resume)

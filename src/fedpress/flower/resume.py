@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedpress.checkpoint import load_checkpoint, save_checkpoint
-from fedpress.errors import FedpressError
 from fedpress.flower.sampling import Sampler
 from fedpress.flower.server import FederatedServer
 
@@ -31,15 +30,13 @@ class Resumed:
 def restore_run(server: FederatedServer, sampler: Sampler) -> Resumed | None:
     """Load the last checkpoint of `server.out_dir` into the server and the sampler; None when
     the run never finished a round (it starts afresh)."""
-    checkpoint = load_checkpoint(server.out_dir)
+    checkpoint = load_checkpoint(server.out_dir, reference=server.global_state())
     if checkpoint is None:
         return None
     tensors, state = checkpoint
     extra = {
         k[len(SERVER_STATE) :]: tensors.pop(k) for k in list(tensors) if k.startswith(SERVER_STATE)
     }
-    if set(tensors) != set(server.global_state()):
-        raise FedpressError(f"checkpoint in {server.out_dir} does not match this model")
     server.load_global_state(tensors)
     server.load_state_tensors(extra)
     sampler.load_state_dict(state.get("sampler", {}))

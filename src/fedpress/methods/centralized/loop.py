@@ -48,7 +48,7 @@ def run_local(
     torch.set_num_threads(max(1, config.runtime.threads or torch.get_num_threads()))
     train_data = task.encode_all(task.splits.pooled_train)
     eval_subset = task.encode_all(task.splits.eval_examples[: config.eval.per_round_examples])
-    checkpoint = load_checkpoint(out_dir) if resume else None
+    checkpoint = load_checkpoint(out_dir, reference=task.initial_adapter) if resume else None
     if checkpoint is not None:
         tensors, state = checkpoint
         task.set_adapter(tensors)
