@@ -206,3 +206,15 @@ def test_summary_says_how_many_examples_each_figure_used(shared_data, tmp_path):
     assert summary["round_eval_examples"] == 8
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (saved["final_eval_examples"], saved["round_eval_examples"]) == (24, 8)
+
+
+def test_a_batch_larger_than_every_share_is_refused_before_the_run():
+    """Before, every client failed in its own traceback (hundreds of lines from Ray)."""
+    from fedpress.config import load_config
+    from fedpress.runner import preflight
+
+    overrides = ["model=tiny-llama", "num_clients=4", "data.builtin_size=240"]
+    preflight(load_config(None, [*overrides, "train.batch_size=8"]))
+    with pytest.raises(FedpressError, match="train.batch_size = 500 is more than any client's"):
+        preflight(load_config(None, [*overrides, "train.batch_size=500"]))
+    preflight(load_config(None, [*overrides, "train.batch_size=500", "method=centralized"]))

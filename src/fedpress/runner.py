@@ -13,6 +13,7 @@ from typing import Any
 
 from fedpress import registry
 from fedpress.config import RunConfig
+from fedpress.errors import FedpressError
 
 
 def preflight(config: RunConfig) -> None:
@@ -20,7 +21,14 @@ def preflight(config: RunConfig) -> None:
     first (no torch to import for that), then the model's config."""
     from fedpress.data import build_splits
 
-    build_splits(config.data, config.num_clients, config.seed)
+    splits = build_splits(config.data, config.num_clients, config.seed)
+    largest = max(len(share) for share in splits.client_shares)
+    if registry.get(config.method).local is None and largest < config.train.batch_size:
+        raise FedpressError(
+            f"train.batch_size = {config.train.batch_size} is more than any client's share "
+            f"({largest} training examples at most, {config.num_clients} clients): every "
+            "client would fail; lower train.batch_size or num_clients"
+        )
     from fedpress.models import config_of
 
     config_of(config.model)
