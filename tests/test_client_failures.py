@@ -1,6 +1,7 @@
 """A client that hangs past the round timeout costs only its own contribution."""
 
 import json
+import re
 import time
 
 import pytest
@@ -71,7 +72,7 @@ def train_then_fail(msg: Message, context: Context) -> Message:
     return honest.train(msg, context)
 
 
-def test_too_few_replies_stop_the_run_cleanly_with_its_checkpoint(tmp_path):
+def test_too_few_replies_stop_the_run_cleanly_with_its_checkpoint(tmp_path, caplog):
     config = load_config(
         None,
         [
@@ -87,5 +88,15 @@ def test_too_few_replies_stop_the_run_cleanly_with_its_checkpoint(tmp_path):
     )
     with pytest.raises(FedpressError, match="round 2 got too few valid client replies"):
         simulate(config, tmp_path / "run", client_app=failing_app)
+    # The failure reaches the user as one line naming the client, out of Ray's wrapping.
+    failed = [r.getMessage() for r in caplog.records if "rejected reply" in r.getMessage()]
+    assert failed and all(
+        re.fullmatch(
+            r"round 2: rejected reply from client 1 \(node \d+\): client failed: "
+            r"this client is gone for good",
+            line,
+        )
+        for line in failed
+    ), failed
     checkpoint = load_checkpoint(tmp_path / "run")
     assert checkpoint is not None and checkpoint[1]["round"] == 1

@@ -73,7 +73,7 @@ class FederatedEvaluation:
 def _eval_figures(reply: Message) -> tuple[float, float, float]:
     """(examples, mean loss, accuracy or -1) from a federated-evaluation reply, checked."""
     if reply.has_error():
-        raise InvalidReply(f"client failed: {reply.error.reason}")
+        raise InvalidReply(f"client failed: {protocol.failure_reason(reply.error.reason)}")
     if protocol.EVAL_METRICS not in reply.content.metric_records:
         raise InvalidReply(f"no '{protocol.EVAL_METRICS}' record")
     metrics = reply.content.metric_records[protocol.EVAL_METRICS]

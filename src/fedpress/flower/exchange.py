@@ -194,7 +194,10 @@ def check_reply(
             item = server.accept(server_round, exchange, reply)
     except (InvalidReply, PayloadError) as exc:
         node = reply.metadata.src_node_id
-        log.warning("round %d: rejected reply from node %d: %s", server_round, node, exc)
+        client = server.partitions.get(node, "?")
+        log.warning(
+            "round %d: rejected reply from client %s (node %d): %s", server_round, client, node, exc
+        )
         server.rejected(node)
         return None
     stats.codec_s += decode_time["s"]

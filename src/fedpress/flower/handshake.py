@@ -86,7 +86,9 @@ def connect(grid: Grid, config: RunConfig, stats: RoundStats, sent: RunConfig) -
         stats.add_reply(reply)
         node = reply.metadata.src_node_id
         if reply.has_error() or protocol.NODE_INFO not in reply.content.metric_records:
-            reason = reply.error.reason if reply.has_error() else "no node info"
+            reason = (
+                protocol.failure_reason(reply.error.reason) if reply.has_error() else "no node info"
+            )
             log.warning("node %d did not say which partition it holds (%s); left out", node, reason)
             continue
         partition = reply.content.metric_records[protocol.NODE_INFO].get("partition-id")

@@ -12,6 +12,7 @@ neither.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,3 +113,17 @@ def decode_record(codec: Codec, record: ArrayRecord, shapes: Shapes) -> dict[str
             f"payload is {array.dtype}{tuple(array.shape)}, expected at most {limit} uint8 bytes"
         )
     return codec.decode(unpack_payload(codec, array.numpy(), shapes), shapes)
+
+
+# Flower wraps what a ClientApp raised: "... Exception ClientAppException occurred. Message:
+# <the client's message>", inside Ray's own wrapping on the simulation engine.
+_CLIENT_MESSAGE = re.compile(r"occurred\. Message: ?(.*)")
+
+
+def failure_reason(reason: str) -> str:
+    """A failed reply's reason in one line: the client's own message out of Flower's and
+    Ray's wrapping (the whole of it is in the Flower log with --verbose)."""
+    found = _CLIENT_MESSAGE.findall(reason)
+    lines = [line.strip() for line in (found[-1:] or reason.splitlines()) if line.strip()]
+    line = lines[-1].rstrip("'>\"") if lines else "no reason given"
+    return line if len(line) <= 300 else f"{line[:297]}..."

@@ -155,7 +155,7 @@ class FederatedServer(abc.ABC):
     # -- shared reply checks
     def accept(self, server_round: int, exchange: Any, reply: Message) -> Accepted:
         if reply.has_error():
-            raise InvalidReply(f"client failed: {reply.error.reason}")
+            raise InvalidReply(f"client failed: {protocol.failure_reason(reply.error.reason)}")
         return self.read(server_round, exchange, reply.content, reply.metadata.src_node_id)
 
     def read(self, server_round: int, exchange: Any, content: RecordDict, node: int) -> Accepted:
