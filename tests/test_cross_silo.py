@@ -3,6 +3,7 @@ name no path, a node loads only a model it was given, and bad local data fails t
 reply (counted by the server) without leaking the file."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,10 +124,18 @@ def test_bad_local_files_fail_the_reply_without_leaking_them(tmp_path, shared_da
     config = tiny_config(tmp_path)
     broken = alpaca_file(tmp_path / "broken.json", shared_data, 0, 12, broken=True)
     tiny = alpaca_file(tmp_path / "tiny.json", shared_data, 0, 2)
+    fifo = tmp_path / "pipe.json"  # without a writer: reading it would block for ever
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
     cases = {
         str(broken): "record 3 lacks",
         str(tiny): "2 training examples",
         str(tmp_path / "missing.json"): "not found",
+        "/dev/zero": "not a regular file",  # would be read until memory ran out
+        str(fifo): "not a regular file",
+        str(tmp_path): "no .csv files",  # a folder is read as MMLU subjects
+        str(loop): "not found",
     }
     for path, expected in cases.items():
         context = node_context(config, {"data-path": path})
