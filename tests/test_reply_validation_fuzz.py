@@ -5,6 +5,7 @@ exactly the example-weighted mean of the replies it accepted (the honest ones al
 rejects the hostile one)."""
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ NODE = 7  # the fuzzed client; HONEST nodes -> (partition, examples) reply hones
 HONEST = {11: (1, 8), 12: (2, 24)}
 CODECS = ["none", "int8", "topk"]
 COUNTS = {codec: {"generated": 0, "rejected": 0, "accepted": 0} for codec in CODECS}
+# Per codec; FEDPRESS_FUZZ_EXAMPLES=1000 for a long run (the suite keeps to its time budget).
+EXAMPLES = int(os.environ.get("FEDPRESS_FUZZ_EXAMPLES", "150"))
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +117,7 @@ metric_value = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 # Always at least one accepted reply (honest mode draws nothing from `data`).
 @example(
     data=None, mode="honest", key=protocol.PACKED, metrics={"num-examples": 8, "train-loss": 0.5}
