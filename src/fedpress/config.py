@@ -172,6 +172,24 @@ class PrivacyConfig:
 
 
 @dataclass
+class AggregationConfig:
+    """How the server combines the round's client updates (fedpress.aggregation says how each
+    rule works and what it bounds)."""
+
+    rule: str = "mean"  # mean | median | trimmed_mean | krum | multikrum
+    # trimmed_mean: the fraction of updates cut at each end, per coordinate.
+    trim_fraction: float = 0.2
+    # krum / multikrum: the number of attackers the rule is set to tolerate (f).
+    attackers: int = 1
+    # multikrum: how many of the best-scored updates are averaged (0: n - attackers).
+    keep: int = 0
+    # Each update scaled down to a bound before the rule: none | fixed (max_norm) | median
+    # (the median of the round's update norms).
+    norm_bound: str = "none"
+    max_norm: float = 1.0
+
+
+@dataclass
 class ServerOptimizerConfig:
     """How the server steps the global state with the clients' mean change (Reddi et al. 2021,
     "Adaptive Federated Optimization"; fedpress.server_optimizer)."""
@@ -205,6 +223,7 @@ class RunConfig(Sectioned):
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     # The sections methods bring (`[cybgd]`, `[autoencoder]`): name -> that method's dataclass
     # (registry.Method.section), read as attributes: `config.cybgd.prune_ratio`.
     sections: dict[str, Any] = field(default_factory=lambda: _build_sections(RunConfig, {}, ""))
@@ -268,6 +287,7 @@ class RunConfig(Sectioned):
         refuse_unread_keys(self, method.keys_read(self))
         if covers(method.keys_read(self), "privacy"):
             _validate_privacy(self.privacy)
+        _validate_aggregation(self.aggregation, self.privacy.enabled)
         if method.validate is not None:
             method.validate(self)
         return self
@@ -303,6 +323,28 @@ def _validate_server_optimizer(opt: ServerOptimizerConfig) -> None:
     for key in ("momentum", "beta1", "beta2"):
         if not 0.0 <= getattr(opt, key) < 1.0:
             raise FedpressError(f"config key 'server_optimizer.{key}' must be in [0, 1)")
+
+
+def _validate_aggregation(agg: AggregationConfig, private: bool) -> None:
+    check_choice(
+        "aggregation.rule", agg.rule, ("mean", "median", "trimmed_mean", "krum", "multikrum")
+    )
+    check_choice("aggregation.norm_bound", agg.norm_bound, ("none", "fixed", "median"))
+    if not 0.0 <= agg.trim_fraction < 0.5:
+        raise FedpressError("config key 'aggregation.trim_fraction' must be in [0, 0.5)")
+    for key in ("attackers", "keep"):
+        if getattr(agg, key) < 0:
+            raise FedpressError(f"config key 'aggregation.{key}' must be >= 0")
+    if not (agg.max_norm > 0 and math.isfinite(agg.max_norm)):
+        raise FedpressError("config key 'aggregation.max_norm' must be > 0")
+    if private and (agg.rule != "mean" or agg.norm_bound != "none"):
+        # The DP guarantee rests on every update clipped to privacy.clip_norm and their uniform
+        # mean noised; another rule would change the sensitivity the accountant assumes.
+        raise FedpressError(
+            "with privacy.enabled every update is clipped to privacy.clip_norm (its norm bound) "
+            "and their mean noised: aggregation.rule must be 'mean', aggregation.norm_bound "
+            "'none'"
+        )
 
 
 def _validate_privacy(dp: PrivacyConfig) -> None:

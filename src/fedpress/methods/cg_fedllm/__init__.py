@@ -30,6 +30,7 @@ METHOD = register(
             "federation",
             "privacy",
             "server_optimizer",
+            "aggregation",
         ),
         section=("autoencoder", AutoencoderConfig),
         server=Lazy("fedpress.methods.cg_fedllm.server:build_server"),

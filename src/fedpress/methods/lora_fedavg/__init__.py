@@ -11,6 +11,7 @@ LORA_FEDERATED_KEYS = (
     "federation",
     "privacy",
     "server_optimizer",
+    "aggregation",
 )
 
 # The client turns of every LoRA-FedAvg-shaped method, on the task that method builds.

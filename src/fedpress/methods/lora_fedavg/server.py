@@ -1,7 +1,8 @@
 """LoRA-FedAvg (FedIT), server side: ship the global adapter (whole, or delta-encoded by the
 downlink codec), decode each client's change, step the global adapter with the
-example-weighted mean (or, with `privacy.enabled`, the clipped, noised uniform mean of
-client-level DP) through the server optimizer (`[server_optimizer]`; FedAvg by default)."""
+example-weighted mean (or the `[aggregation]` rule; with `privacy.enabled`, the clipped,
+noised uniform mean of client-level DP) through the server optimizer (`[server_optimizer]`;
+FedAvg by default)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
+from fedpress.aggregation import aggregate
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
@@ -87,11 +89,8 @@ class LoraFedAvgServer(FederatedServer):
         if self.privacy is not None:
             mean = self.privacy.aggregate([a.update for a in accepted], server_round, self.shapes)
         else:
-            total = sum(a.weight for a in accepted)
-            mean = {
-                name: sum(a.update[name] * (a.weight / total) for a in accepted)
-                for name in self.state
-            }
+            updates, weights = [a.update for a in accepted], [a.weight for a in accepted]
+            mean = aggregate(self.config.aggregation, updates, weights)
         self.state = self.optimizer.step(self.state, mean)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
