@@ -125,3 +125,60 @@ def test_decode_record_rejects_each_attack_without_simulation(attack):
         record = ArrayRecord({"other": Array(packed)})
     with pytest.raises(PayloadError):
         protocol.decode_record(codec, record, shapes)
+
+
+SCALED = 3  # the partition whose client sends 50x its honest change, well formed
+scaling_app = ClientApp()
+scaling_app.query()(honest.query)
+
+
+@scaling_app.train()
+def train_scaled(msg: Message, context: Context) -> Message:
+    reply = honest.train(msg, context)
+    if int(context.node_config["partition-id"]) == SCALED:
+        values = reply.content[protocol.UPDATE][protocol.PACKED].numpy().view(np.float32) * 50
+        reply.content[protocol.UPDATE] = ArrayRecord(
+            {protocol.PACKED: Array(values.view(np.uint8))}
+        )
+    return reply
+
+
+@pytest.mark.slow  # a real Flower simulation (or run)
+def test_the_median_applies_its_rule_and_resists_a_scaled_update(tmp_path):
+    """Every reply passes the checks; the server applies the median of the four changes,
+    which lies nearer the honest clients' mean than the plain mean does."""
+    from fedpress.aggregation import aggregate, norm
+    from fedpress.config import AggregationConfig
+    from fedpress.flower.node import train_seed
+
+    overrides = ["model=tiny-llama", "num_clients=4", "rounds=1", "train.local_steps=2"]
+    config = load_config(
+        None, [*overrides, "data.builtin_size=400", *ONE_CORE, "aggregation.rule=median"]
+    )
+    out = tmp_path / "run"
+    simulate(config, out, client_app=scaling_app)
+    rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds[1]["clients_ok"] == 4 and rounds[1]["clients_failed"] == 0
+
+    # Each client's change, replayed here (the attacker's scaled as it sent it).
+    task = build_task(config)
+    start = task.initial_adapter
+    changes = []
+    for partition in range(4):
+        task.set_adapter(start)
+        share = task.encode_all(task.splits.client_shares[partition])
+        task.train_round(share, 1, steps=2, seed=train_seed(config, 1, partition))
+        scale = 50.0 if partition == SCALED else 1.0
+        changes.append({k: (v - start[k]) * scale for k, v in task.adapter().items()})
+    applied = {k: v - start[k] for k, v in load_file(out / "adapter.safetensors").items()}
+    expected = aggregate(config.aggregation, changes, [1.0] * 4)
+    for name in expected:
+        torch.testing.assert_close(applied[name], expected[name], rtol=1e-4, atol=1e-6)
+    honest = [change for i, change in enumerate(changes) if i != SCALED]
+    honest_mean = aggregate(AggregationConfig(), honest, [1.0] * 3)
+    plain = aggregate(AggregationConfig(), changes, [1.0] * 4)
+
+    def distance(update):
+        return norm({k: update[k] - honest_mean[k] for k in honest_mean})
+
+    assert distance(applied) < distance(plain) / 5
