@@ -79,8 +79,14 @@ def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
         assert len(r["bytes_up_per_client"]) == 2
         assert all(adapter_bytes < b < adapter_bytes * 1.2 for b in r["bytes_up_per_client"])
         assert all(0 < b < adapter_bytes * 1.5 for b in r["bytes_down_per_client"])
+        # The array payload alone, as Flower's ArrayRecord.count_bytes() counts it: the two
+        # fp32 changes and a small header each, below the whole messages. (A download can be
+        # above its message: Flower sends identical chunks once, e.g. round 1's zero B.)
+        assert 2 * adapter_bytes < r["payload_bytes_up"] < 2 * adapter_bytes + 2_048
+        assert r["payload_bytes_up"] < r["bytes_up"] and r["payload_bytes_down"] > 0
         assert r["client_peak_mem_bytes"] > 0 and r["client_train_s"] > 0
     assert summary["bytes_up_total"] == sum(r["bytes_up"] for r in rounds)
+    assert summary["payload_bytes_up_total"] == sum(r["payload_bytes_up"] for r in rounds)
     # Both memory figures; the peak includes the weights training adds to (this check was in
     # the FFA-LoRA test while it ran a LoRA-FedAvg simulation beside its own).
     assert summary["client_peak_mem_bytes"] > summary["client_train_mem_bytes"] > 0

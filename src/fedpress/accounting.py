@@ -21,6 +21,15 @@ def message_nbytes(obj) -> int:  # noqa: ANN001 - a flwr Message or RecordDict
     return sum(len(node.deflate()) for node in get_all_nested_objects(obj).values())
 
 
+def payload_nbytes(message) -> int:  # noqa: ANN001 - a flwr Message
+    """The array payload of this message as Flower counts it (`ArrayRecord.count_bytes()`,
+    the figure the FlowerTune leaderboard's communication budget uses): the arrays' data
+    without the message framing, metrics and configs that `message_nbytes` includes."""
+    if message.has_error():
+        return 0
+    return sum(record.count_bytes() for record in message.content.array_records.values())
+
+
 @contextmanager
 def stopwatch() -> Iterator[dict[str, float]]:
     """`with stopwatch() as t: ...` then `t["s"]` holds the elapsed seconds."""

@@ -34,6 +34,10 @@ class RoundRecord:
     bytes_down: int = 0
     bytes_up_per_client: list[int] = field(default_factory=list)
     bytes_down_per_client: list[int] = field(default_factory=list)
+    # The array payload alone (Flower's ArrayRecord.count_bytes(), what the FlowerTune
+    # leaderboard counts); bytes_up / bytes_down are the whole messages.
+    payload_bytes_up: int = 0
+    payload_bytes_down: int = 0
     # Peak resident memory of a client during its turn, the model it holds included (CUDA:
     # allocator peak), and what training added above the loaded model (fedpress.memory).
     client_peak_mem_bytes: int = 0
@@ -128,6 +132,8 @@ class RunRecorder:
             "round_eval_examples": self.rounds[-1].eval_examples if self.rounds else 0,
             "bytes_up_total": sum(r.bytes_up for r in self.rounds),
             "bytes_down_total": sum(r.bytes_down for r in self.rounds),
+            "payload_bytes_up_total": sum(r.payload_bytes_up for r in self.rounds),
+            "payload_bytes_down_total": sum(r.payload_bytes_down for r in self.rounds),
             "wall_s": wall,
             "client_train_s": sum(r.client_train_s for r in trained),
             "codec_s": sum(r.codec_s for r in trained),

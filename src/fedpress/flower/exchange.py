@@ -12,7 +12,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedpress.accounting import message_nbytes, stopwatch
+from fedpress.accounting import message_nbytes, payload_nbytes, stopwatch
 from fedpress.codecs import PayloadError
 from fedpress.flower.server import Accepted, FederatedServer, InvalidReply
 from fedpress.run_files import RoundRecord
@@ -53,6 +53,8 @@ class RoundStats:
     nodes: set[int] = field(default_factory=set)  # distinct nodes sent to
     bytes_down: list[int] = field(default_factory=list)
     bytes_up: list[int] = field(default_factory=list)
+    payload_down: int = 0  # the arrays alone, as Flower's ArrayRecord.count_bytes() counts
+    payload_up: int = 0
     ok: int = 0
     failed: int = 0
     train_loss: float | None = None
@@ -68,6 +70,7 @@ class RoundStats:
         """A train message out (its node counts as sampled); its size in bytes."""
         nbytes = message_nbytes(message)
         self.bytes_down.append(nbytes)
+        self.payload_down += payload_nbytes(message)
         self.sampled += 1
         self.nodes.add(message.metadata.dst_node_id)
         return nbytes
@@ -76,6 +79,7 @@ class RoundStats:
         """A reply in, valid or not; its size in bytes."""
         nbytes = message_nbytes(reply)
         self.bytes_up.append(nbytes)
+        self.payload_up += payload_nbytes(reply)
         return nbytes
 
     def add_accepted(self, accepted: list[Accepted]) -> None:
@@ -119,6 +123,8 @@ class RoundStats:
             bytes_down=sum(self.bytes_down),
             bytes_up_per_client=self.bytes_up,
             bytes_down_per_client=self.bytes_down,
+            payload_bytes_up=self.payload_up,
+            payload_bytes_down=self.payload_down,
             client_peak_mem_bytes=self.peak_mem,
             client_train_mem_bytes=self.train_mem,
             client_train_s=self.client_train_s,
