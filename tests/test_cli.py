@@ -59,6 +59,8 @@ def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
         "adapter.safetensors",
         "curves.png",
         "config.toml",
+        "adapter/adapter_config.json",  # a PEFT folder (loaded in test_eval_export.py)
+        "adapter/adapter_model.safetensors",
     ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())

@@ -31,10 +31,10 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 ids = torch.tensor(json.loads(sys.argv[1]))
 for mode, folder, out in zip(*[iter(sys.argv[2:])] * 3):
-    if mode == "adapter":
+    if mode.startswith("adapter"):  # "adapter" (base in base_model/) or "adapter:<base>"
         from peft import PeftModel
-        base = AutoModelForCausalLM.from_pretrained(folder + "/base_model")
-        model = PeftModel.from_pretrained(base, folder)
+        base = mode.partition(":")[2] or folder + "/base_model"
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
@@ -48,7 +48,7 @@ def logits_elsewhere(exports: dict[str, Path], tmp_path: Path) -> dict[str, torc
     """Logits of each exported folder (mode -> folder), computed in one fresh interpreter."""
     args = []
     for mode, folder in exports.items():
-        args += [mode, str(folder), str(tmp_path / f"{mode}-logits.safetensors")]
+        args += [mode, str(folder), str(tmp_path / f"{len(args)}-logits.safetensors")]
     result = subprocess.run(
         [sys.executable, "-c", LOAD_AND_SCORE, json.dumps(INPUT_IDS), *args],
         capture_output=True,
@@ -56,7 +56,8 @@ def logits_elsewhere(exports: dict[str, Path], tmp_path: Path) -> dict[str, torc
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {m: load_file(str(tmp_path / f"{m}-logits.safetensors"))["logits"] for m in exports}
+    outs = args[2::3]
+    return {m: load_file(out)["logits"] for m, out in zip(exports, outs, strict=True)}
 
 
 def logits_here(model: torch.nn.Module) -> torch.Tensor:
@@ -97,9 +98,14 @@ def test_exported_lora_loads_without_fedpress_with_the_same_logits(lora_run, tmp
     keys = load_file(str(adapter / "adapter_model.safetensors"))
     assert keys and all(".default." not in k and "lora_" in k for k in keys)  # PEFT's names
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    elsewhere = logits_elsewhere({"merged": merged, "adapter": adapter}, tmp_path)
+    # The run's own adapter/ folder, on the same base: a PEFT folder as it stands.
+    run_adapter = f"adapter:{adapter / 'base_model'}"
+    assert json.loads((lora_run / "adapter" / "adapter_config.json").read_text())["r"] == 8
+    exports = {"merged": merged, "adapter": adapter, run_adapter: lora_run / "adapter"}
+    elsewhere = logits_elsewhere(exports, tmp_path)
     torch.testing.assert_close(elsewhere["merged"], tuned)
     torch.testing.assert_close(elsewhere["adapter"], tuned)
+    torch.testing.assert_close(elsewhere[run_adapter], tuned)
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)

@@ -111,13 +111,18 @@ class RunRecorder:
         extra: dict[str, Any] | None = None,
         weights_file: str = "adapter.safetensors",
     ) -> dict[str, Any]:
-        """Save the final weights (`weights_file`: the adapter, or `model.safetensors` for
-        full-parameter methods) and write summary.json and the plot."""
+        """Save the final weights (`weights_file`: the adapter, also as the PEFT folder
+        `adapter/`, or `model.safetensors` for full-parameter methods) and write summary.json
+        and the plot."""
         if adapter is not None:
             save_file(
                 {k: v.contiguous() for k, v in adapter.items()},
                 str(self.out_dir / weights_file),
             )
+            if weights_file == "adapter.safetensors":
+                from fedpress.adapter_folder import write_adapter_folder
+
+                write_adapter_folder(self.out_dir, self.config, adapter)
         wall = self.elapsed()
         trained = [r for r in self.rounds if r.round > 0]
         summary = {
