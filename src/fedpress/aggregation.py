@@ -15,7 +15,9 @@ enters the mean with full weight; the robust rules bound what such a member can 
 Norm bounding (`norm_bound`, with any rule) first scales every update whose L2 norm over all
 its tensors exceeds the bound down to it: the bound is `max_norm`, or the median of the
 round's norms. Every rule but the mean needs all the round's updates at once; the server
-holds them anyway (they arrive as one batch from Flower's grid).
+holds them anyway (they arrive as one batch from Flower's grid). Beyond them, the median
+and the trimmed mean hold one tensor of every update, stacked and sorted, at a time; Krum
+one stacked tensor and an n x n distance table (benchmarks/aggregation_cost.py measures it).
 """
 
 from __future__ import annotations
@@ -86,9 +88,12 @@ def trimmed(fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def krum_choice(updates: Sequence[Update], attackers: int) -> list[int]:
-    """Indices of the updates from best to worst Krum score."""
-    flat = torch.stack([torch.cat([u[k].reshape(-1).double() for k in sorted(u)]) for u in updates])
-    distances = torch.cdist(flat, flat) ** 2
+    """Indices of the updates from best to worst Krum score. The squared distances are summed
+    tensor by tensor, so the rule never holds more than one tensor of every update at once."""
+    distances = torch.zeros(len(updates), len(updates), dtype=torch.float64)
+    for name in updates[0]:
+        stacked = torch.stack([u[name].reshape(-1) for u in updates])
+        distances += torch.cdist(stacked, stacked).double() ** 2
     closest = max(1, len(updates) - attackers - 2)
     scores = []
     for i in range(len(updates)):
