@@ -65,6 +65,9 @@ def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
+    card = (out / "README.md").read_text()  # a model card, as the Hub expects one
+    assert card.startswith("---\nbase_model: tiny-llama\nlibrary_name: peft\n")
+    assert f"| final eval loss | {summary['final_eval_loss']:.4f} |" in card
     assert summary["method"] == "lora-fedavg" and summary["rounds"] == 2
     # The saved config re-creates the run exactly.
     saved = RunConfig.from_dict(tomllib.loads((out / "config.toml").read_text()))

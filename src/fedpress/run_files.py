@@ -158,6 +158,7 @@ class RunRecorder:
         }
         summary["orchestration_share"] = summary["orchestration_s"] / wall if wall else 0.0
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_model_card(self.out_dir, self.config, summary, weights_file)
         # Drawn beside the rest of the shutdown (Flower stopping its clients); `wait_for_plots`
         # (the runner, the deployed ServerApp) returns once it is written.
         plotter = threading.Thread(
@@ -172,6 +173,46 @@ class RunRecorder:
 
 
 _PLOTS: list[threading.Thread] = []
+
+
+def write_model_card(
+    out_dir: Path, config: RunConfig, summary: dict[str, Any], weights_file: str
+) -> None:
+    """README.md of the run folder, as the Hugging Face Hub expects a model card: metadata,
+    what was trained on what, the final figures, and the config that repeats the run."""
+    acc = summary["final_accuracy"]
+    lora = weights_file == "adapter.safetensors"
+    rows = [
+        ("method", config.method),
+        ("base model", config.model),
+        ("data", f"{Path(config.data.source).name} ({config.data.format})"),
+        ("clients, rounds", f"{config.num_clients}, {config.rounds}"),
+        ("final accuracy", "n/a" if acc is None else f"{100 * acc:.2f} %"),
+        ("final eval loss", f"{summary['final_eval_loss']:.4f}"),
+        (
+            "uplink / download MB",
+            f"{summary['bytes_up_total'] / MB:.3f} / {summary['bytes_down_total'] / MB:.3f}",
+        ),
+        ("client peak memory MB", f"{summary['client_peak_mem_bytes'] / MB:.0f}"),
+        ("wall time s", f"{summary['wall_s']:.0f}"),
+    ]
+    table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    weights = (
+        "`adapter/`: a PEFT LoRA adapter (`PeftModel.from_pretrained(base, 'adapter')`)"
+        if lora
+        else f"`{weights_file}`: the whole state dict (`fedpress export` writes a model folder)"
+    )
+    (out_dir / "README.md").write_text(
+        "---\n"
+        f"base_model: {config.model}\n"
+        f"library_name: {'peft' if lora else 'transformers'}\n"
+        f"tags: [fedpress, federated-learning, {config.method}]\n"
+        "---\n\n"
+        f"# {config.method} on {config.model}, trained federatedly with fedpress\n\n"
+        f"{table}\n\nWeights: {weights}. Per-round figures: `metrics.jsonl`, `curves.png`.\n\n"
+        "## The config (`fedpress run config.toml` repeats the run)\n\n"
+        f"```toml\n{config.to_toml()}```\n"
+    )
 
 
 def wait_for_plots() -> None:
