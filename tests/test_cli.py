@@ -110,6 +110,8 @@ def test_centralized_reference_run(tmp_path):
         "rounds=2",
         "--set",
         "train.local_steps=2",
+        "--set",
+        "runtime.threads=1",  # two tests at once on two cores (conftest.ONE_CORE)
         "--out",
         str(out),
     )

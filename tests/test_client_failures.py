@@ -42,7 +42,8 @@ def test_hanging_client_is_timed_out_and_the_run_goes_on(tmp_path):
             "rounds=2",
             "train.local_steps=1",
             "data.builtin_size=400",
-            "federation.client_cpus=1",
+            "federation.client_cpus=1",  # two actors: the hanging client blocks only one
+            "runtime.threads=1",  # two actors and another test on two cores
             "federation.round_timeout_s=15",  # a tiny-llama round takes ~1-5 s
             "federation.min_replies=2",
         ],
