@@ -3,7 +3,8 @@
 The moment is drawn from a seed the test prints; FEDPRESS_RESUME_SEED=<seed> replays it. Only
 the run to be killed is a process of its own (`fedpress run`, killed with its Ray workers);
 the reference run and the resumption run in the test's process through what `fedpress run`
-and `fedpress run --resume` call, which saves two interpreter start-ups."""
+and `fedpress run --resume` call, which saves two interpreter start-ups. The runs train over a
+4-bit base, so this is also QLoRA's kill-and-resume."""
 
 import json
 import os
@@ -34,6 +35,8 @@ OVERRIDES = [
     # adapter only if the checkpoint carried them.
     "server_optimizer.name=fedadam",
     "server_optimizer.lr=0.01",
+    # A 4-bit base (QLoRA), the base every process must rebuild quantized the same way.
+    "runtime.quantize=4bit",
     *ONE_CORE,
 ]
 

@@ -56,9 +56,33 @@ def write_adapter_folder(
             if config.model in TINY_MODELS
             else ""
         )
-        + ".\n\n```python\nfrom peft import PeftModel\n"
-        "from transformers import AutoModelForCausalLM\n"
-        f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+        + ".\n\n"
+        + _quantized_note(config.runtime.quantize)
+        + "```python\nfrom peft import PeftModel\n"
+        "from transformers import AutoModelForCausalLM, BitsAndBytesConfig\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{base}"{_quantized_arg(config)})\n'
         'model = PeftModel.from_pretrained(base, "<this folder>")\n```\n'
     )
     return folder
+
+
+def _quantized_note(quantize: str) -> str:
+    if quantize == "none":
+        return ""
+    return (
+        f"The adapter was trained over the base loaded in {quantize} (bitsandbytes): load the "
+        "base the same way, as below, or take `fedpress export`'s merged model, which folds it "
+        "into the dequantized base. Over the full-precision base its outputs differ by the "
+        "quantization error.\n\n"
+    )
+
+
+def _quantized_arg(config: RunConfig) -> str:
+    if config.runtime.quantize == "8bit":
+        return ", quantization_config=BitsAndBytesConfig(load_in_8bit=True)"
+    if config.runtime.quantize == "4bit":
+        return (
+            ', quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"'
+            ", bnb_4bit_use_double_quant=True)"
+        )
+    return ""

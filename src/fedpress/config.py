@@ -148,7 +148,8 @@ class RuntimeConfig:
     device: str = "auto"
     # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     dtype: str = "auto"
-    # none | 8bit | 4bit (QLoRA; needs bitsandbytes and CUDA)
+    # none | 8bit | 4bit (QLoRA, NF4): the frozen base in bitsandbytes' 8 or 4 bits, on CPU
+    # or CUDA; for the methods that train an adapter over it (registry.Method.quantized_base)
     quantize: str = "none"
     # Torch threads per process (0 = torch default).
     threads: int = 0
@@ -288,6 +289,13 @@ class RunConfig(Sectioned):
         if covers(method.keys_read(self), "privacy"):
             _validate_privacy(self.privacy)
         _validate_aggregation(self.aggregation, self.privacy.enabled)
+        if self.runtime.quantize != "none" and not method.quantized_base:
+            adapters = ", ".join(m.name for m in registry.all_methods() if m.quantized_base)
+            raise FedpressError(
+                f"runtime.quantize = {self.runtime.quantize!r}: {self.method} trains the base "
+                f"model's weights, which a quantized base cannot; the methods that train an "
+                f"adapter over a frozen base can ({adapters})"
+            )
         if method.validate is not None:
             method.validate(self)
         return self

@@ -51,16 +51,20 @@ def is_run_folder(path: Path) -> bool:
 
 
 def load_run(folder: Path, *, cpu: bool = False) -> TunedRun:
-    """The run's base model with its tuned weights; `cpu` forces fp32 on CPU (for export)."""
+    """The run's base model with its tuned weights. `cpu` forces fp32 on CPU (for export): a
+    quantized base (QLoRA) is loaded quantized, as it was trained, then dequantized to fp32, so
+    the export holds the weights the adapter was trained over in a form any tool loads."""
     folder = Path(folder)
     if not (folder / "config.toml").is_file():
         raise FedpressError(f"{folder} is not a run folder (no config.toml)")
     config = load_config(folder / "config.toml")
     runtime = config.runtime
     if cpu:
-        runtime = replace(runtime, device="cpu", dtype="float32", quantize="none")
+        runtime = replace(runtime, device="cpu", dtype="float32")
     tokenizer = load_tokenizer(config.model)
     base = load_base_model(config.model, runtime)
+    if cpu and runtime.quantize != "none":
+        base = base.dequantize(dtype=torch.float32)
     if (folder / FULL_MODEL_FILE).is_file():
         load_full_state(base, folder / FULL_MODEL_FILE)
         return TunedRun(config, base.eval(), tokenizer, "full")
@@ -159,6 +163,13 @@ def _write_readme(out: Path, run: TunedRun, mode: str) -> None:
     text = (
         f"# {run.config.method} / {run.config.model}, exported by fedpress ({mode})\n\n"
         f"Tuned with `{run.config.method}` for {run.config.rounds} rounds on "
-        f"`{run.config.data.source}`.\n\n```python\n{how}\n```\n"
+        f"`{run.config.data.source}`.\n\n"
+        + (
+            f"The base was trained in {run.config.runtime.quantize} (bitsandbytes); this folder "
+            "holds it dequantized to fp32.\n\n"
+            if run.config.runtime.quantize != "none"
+            else ""
+        )
+        + f"```python\n{how}\n```\n"
     )
     (out / "README.md").write_text(text)

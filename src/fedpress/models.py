@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,30 +145,82 @@ def resolve_placement(runtime: RuntimeConfig) -> Placement:
 
 
 def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
-    """The frozen base model, by alias, Hugging Face id or local path."""
+    """The frozen base model, by alias, Hugging Face id or local path; 8-bit or 4-bit (NF4)
+    when `runtime.quantize` says so, through bitsandbytes, on CPU as on CUDA."""
     placement = resolve_placement(runtime)
     if runtime.threads > 0:
         torch.set_num_threads(runtime.threads)
+    if name in TINY_MODELS and runtime.quantize == "none":
+        return _tiny_model(name).to(device=placement.device, dtype=placement.dtype)
     if name in TINY_MODELS:
-        tokenizer = load_tokenizer(name)
-        config = _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        return model.to(device=placement.device, dtype=placement.dtype)
-    source: str | Path = smollm2_folder() if name == SMOLLM2_ALIAS else name
+        source: str | Path = tiny_folder(name)  # quantized the way any saved model is
+    else:
+        source = smollm2_folder() if name == SMOLLM2_ALIAS else name
     # Weights only from safetensors (no pickle) and never code shipped with a model.
     kwargs: dict = {"dtype": placement.dtype, "use_safetensors": True, "trust_remote_code": False}
     if runtime.quantize != "none":
         kwargs["quantization_config"] = _quantization_config(runtime, placement)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": placement.device.index or 0}
+        if placement.device.type == "cpu":
+            kwargs["device_map"] = {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise FedpressError(_not_found(name, exc)) from None
     if runtime.quantize == "none":
-        model = model.to(placement.device)
+        return model.to(placement.device)
+    _keep_quantized_layers_trainable(model)
     return model
+
+
+def _tiny_model(name: str) -> PreTrainedModel:
+    tokenizer = load_tokenizer(name)
+    config = _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def tiny_folder(name: str) -> Path:
+    """A tiny model saved once under the cache: the same seeded weights, in the form
+    `from_pretrained` (and so its bitsandbytes quantizer) loads."""
+    target = cache_dir() / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    _tiny_model(name).save_pretrained(tmp)
+    try:
+        tmp.replace(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def quantized_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the linear layers bitsandbytes holds in 8 or 4 bits."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return []
+    import bitsandbytes as bnb
+
+    kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def _keep_quantized_layers_trainable(model: PreTrainedModel) -> None:
+    """bitsandbytes 0.50 repacks a 4-bit weight for a bf16 CPU kernel on its first forward in
+    eval mode (on CPUs with AVX512-BF16), and that kernel has no backward: after the round's
+    first evaluation no gradient would reach the LoRA layers below it (measured: layer 0's
+    lora_B gradient 0.0). Keep the one layout that trains, and evaluates in fp32 the same way."""
+    if not quantized_layers(model):
+        raise FedpressError(
+            "runtime.quantize: bitsandbytes quantized no layer of this model; "
+            "its linear layers are not ones bitsandbytes replaces"
+        )
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _not_found(name: str, exc: Exception) -> str:
@@ -177,13 +230,28 @@ def _not_found(name: str, exc: Exception) -> str:
     )
 
 
+# The bitsandbytes release whose CPU kernels (8-bit and NF4, forward and backward) this
+# project tested; CUDA has had them for years.
+BNB_CPU_VERSION = "0.50.2"
+
+
 def _quantization_config(runtime: RuntimeConfig, placement: Placement):  # noqa: ANN202
-    if placement.device.type != "cuda":
-        raise FedpressError("runtime.quantize needs a CUDA device (bitsandbytes)")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise FedpressError("runtime.quantize needs bitsandbytes: pip install bitsandbytes")
+        raise FedpressError(
+            f"runtime.quantize needs bitsandbytes: pip install 'bitsandbytes>={BNB_CPU_VERSION}'"
+        )
+    import bitsandbytes
+    from packaging.version import Version
     from transformers import BitsAndBytesConfig
 
+    installed = Version(bitsandbytes.__version__)
+    if placement.device.type == "cpu" and installed < Version(BNB_CPU_VERSION):
+        raise FedpressError(
+            f"runtime.quantize on CPU needs bitsandbytes >= {BNB_CPU_VERSION} "
+            f"(installed: {installed}); or run on CUDA"
+        )
+    # bitsandbytes casts an 8-bit layer's fp32 input to fp16, and says so on every call.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     if runtime.quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -228,7 +296,7 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing: b
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+    if getattr(model, "is_quantized", False):
         model = prepare_model_for_kbit_training(model, gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -242,7 +310,9 @@ def add_lora(model: PreTrainedModel, lora: LoraConfig, gradient_checkpointing: b
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            # peft asks transformers' deprecated `is_gradient_checkpointing`
+            warnings.simplefilter("ignore", FutureWarning)
             torch.manual_seed(TINY_SEED)
             return get_peft_model(model, peft_config)
     except ValueError as exc:

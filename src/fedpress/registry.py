@@ -127,6 +127,9 @@ class Method:
     # Keys (dotted) naming files only the server opens (an autoencoder checkpoint): a deployed
     # server sends nodes a placeholder instead of the path.
     server_files: tuple[str, ...] = ()
+    # Trains only an adapter over a frozen base, so the base may be loaded in 8 or 4 bits
+    # (`runtime.quantize`, QLoRA); methods that train or perturb base weights leave it False.
+    quantized_base: bool = False
     # Subcommands of its own (CG-FedLLM's `tgap`), listed by `fedpress --help` beside the core's.
     commands: tuple[Command, ...] = ()
 

@@ -16,6 +16,7 @@ register(
         about="LoRA on the pooled client data (reference)",
         reads=("lora", "federation.fraction_train"),
         local=Lazy("fedpress.methods.centralized.runs:run_centralized"),
+        quantized_base=True,
     )
 )
 register(

@@ -42,6 +42,7 @@ METHOD = register(
         },
         validate=check,
         codec_label=codec_label,
+        quantized_base=True,
         report_tables=Lazy("fedpress.methods.cg_fedllm.report:tables"),
         server_files=("autoencoder.checkpoint", "autoencoder.snapshots_from"),
         commands=(

@@ -34,5 +34,6 @@ METHOD = register(
             INSTALL_PHASE: Lazy("fedpress.methods.fed_sb.client:install"),
         },
         validate=check,
+        quantized_base=True,
     )
 )

@@ -54,6 +54,11 @@ def check(config: RunConfig) -> None:
             "privacy.enabled with fed-sb needs fedsb.init = 'random': the gradient init's "
             "one-off upload (a client's first step) is outside the DP guarantee"
         )
+    if config.runtime.quantize != "none" and sb.init == "gradient":
+        raise FedpressError(
+            "runtime.quantize with fed-sb needs fedsb.init = 'random': the gradient init takes "
+            "the gradient of the base weights, which a quantized base does not have"
+        )
     if not 1 <= sb.init_clients <= config.num_clients:
         raise FedpressError(
             f"config key 'fedsb.init_clients' must be in [1, num_clients = {config.num_clients}]"

@@ -49,8 +49,6 @@ def check(config: RunConfig) -> None:
         )
     if config.train.weight_decay:
         raise FedpressError("fedkseed's replay has no weight decay: set train.weight_decay = 0")
-    if config.runtime.quantize != "none":
-        raise FedpressError("fedkseed perturbs every weight: runtime.quantize must be 'none'")
     if config.train.lr > LARGEST_USUAL_LR:
         log.warning(
             "fedkseed: train.lr = %g is far above zeroth-order rates (1e-7 to 1e-5; 1e-5 is "

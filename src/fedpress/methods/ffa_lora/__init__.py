@@ -20,5 +20,6 @@ METHOD = register(
         server=Lazy("fedpress.methods.ffa_lora.task:build_server"),
         client_task=Lazy("fedpress.methods.ffa_lora.task:build_ffa_task"),
         client=LORA_CLIENT,
+        quantized_base=True,
     )
 )

@@ -29,5 +29,6 @@ METHOD = register(
         client_task=Lazy("fedpress.task:build_task"),
         client=LORA_CLIENT,
         reference=True,
+        quantized_base=True,
     )
 )
