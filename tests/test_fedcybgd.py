@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import ONE_CORE
 from fedpress.config import load_config
+from fedpress.export import load_run
 from fedpress.flower import client_app as honest
 from fedpress.flower import node, protocol
 from fedpress.flower.simulation import simulate
@@ -24,6 +25,7 @@ from fedpress.methods.fedcybgd.client import VIEW_META, VIEW_TENSORS
 from fedpress.methods.fedcybgd.server import BLOCK, TURN
 from fedpress.methods.fedcybgd.turns import task_layout, train_block, turn_seed
 from fedpress.models import config_of
+from fresh_interpreter import logits_elsewhere, logits_here
 
 # partition -> how its reply is corrupted (partition 0 is honest). With 2 decoder layers and
 # 4 turns in ascending order: p0 trains layer 0, p1 layer 1, p2 layer 0, p3 layer 1.
@@ -140,6 +142,10 @@ def test_fed_full_writes_a_loadable_full_model(tmp_path):
     # Both clients sent every parameter: the uplink is the whole model.
     assert summary["bytes_up_total"] > 2 * 4 * sum(t.numel() for t in initial.values())
     assert summary["client_peak_mem_bytes"] > 0
+    # run/model is a transformers folder: a fresh interpreter, no fedpress, the same logits.
+    assert (out / "model" / "model.safetensors").samefile(out / "model.safetensors")
+    elsewhere = logits_elsewhere({"model": out / "model"}, tmp_path)["model"]
+    torch.testing.assert_close(elsewhere, logits_here(load_run(out).model))
 
 
 def test_centralized_cyclic_trains_only_its_blocks_in_peft_mode(tmp_path):

@@ -89,7 +89,7 @@ def load_full_state(model: torch.nn.Module, path: Path) -> None:
     prefix = "base_model.model."  # saved from a PEFT-wrapped model
     state = {k.removeprefix(prefix): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(_tied_keys(model))
+    tied = set(tied_keys(model))
     missing = [k for k in missing if k not in tied]
     if unexpected or missing:
         raise FedpressError(
@@ -100,7 +100,7 @@ def load_full_state(model: torch.nn.Module, path: Path) -> None:
         model.tie_weights()
 
 
-def _tied_keys(model: torch.nn.Module) -> list[str]:
+def tied_keys(model: torch.nn.Module) -> list[str]:
     keys = getattr(model, "_tied_weights_keys", None) or []
     if isinstance(keys, dict):  # newer transformers: {target: source}
         keys = list(keys)

@@ -112,17 +112,24 @@ class RunRecorder:
         weights_file: str = "adapter.safetensors",
     ) -> dict[str, Any]:
         """Save the final weights (`weights_file`: the adapter, also as the PEFT folder
-        `adapter/`, or `model.safetensors` for full-parameter methods) and write summary.json
-        and the plot."""
+        `adapter/`, or `model.safetensors` for full-parameter methods, also as the transformers
+        folder `model/`) and write summary.json and the plot."""
         if adapter is not None:
+            from fedpress import standard_folders
+
+            weights = self.out_dir / weights_file
+            # Unlinked first: `model/` may hold a hard link to the file a resumed run replaces.
+            weights.unlink(missing_ok=True)
             save_file(
                 {k: v.contiguous() for k, v in adapter.items()},
-                str(self.out_dir / weights_file),
+                str(weights),
+                metadata={"format": "pt"},
             )
             if weights_file == "adapter.safetensors":
-                from fedpress.adapter_folder import write_adapter_folder
-
-                write_adapter_folder(self.out_dir, self.config, adapter)
+                standard_folders.write_adapter_folder(self.out_dir, self.config, adapter)
+            elif weights_file == "model.safetensors":
+                names = set(adapter)
+                standard_folders.write_model_folder(self.out_dir, self.config, weights, names)
         wall = self.elapsed()
         trained = [r for r in self.rounds if r.round > 0]
         summary = {
@@ -200,7 +207,7 @@ def write_model_card(
     weights = (
         "`adapter/`: a PEFT LoRA adapter (`PeftModel.from_pretrained(base, 'adapter')`)"
         if lora
-        else f"`{weights_file}`: the whole state dict (`fedpress export` writes a model folder)"
+        else "`model/`: a transformers folder (`AutoModelForCausalLM.from_pretrained('model')`)"
     )
     (out_dir / "README.md").write_text(
         "---\n"

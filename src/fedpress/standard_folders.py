@@ -1,14 +1,21 @@
-"""Every LoRA run's `adapter/`: a standard PEFT folder (adapter_config.json +
-adapter_model.safetensors) that `PeftModel.from_pretrained(base, run / "adapter")` loads with
-no fedpress code, written from the run's tensors and the model's config alone (no weights are
-loaded, so it costs a few milliseconds at the end of a run).
+"""The standard folders of every run, which other tools load with no fedpress code, written
+from the run's tensors and the model's config alone (no weights are loaded: milliseconds at the
+end of a run):
 
-`adapter.safetensors` beside it stays the run's own record (the tensors by the live PEFT
-parameter names, `.default.` included) that `load_run`, `eval` and `export` read.
+- LoRA runs: `adapter/`, a PEFT folder (adapter_config.json + adapter_model.safetensors) that
+  `PeftModel.from_pretrained(base, run / "adapter")` loads. `adapter.safetensors` beside it stays
+  the run's own record (the live PEFT names, `.default.` included) that `load_run`, `eval` and
+  `export` read.
+- Full-parameter runs: `model/`, a transformers folder (config, weights, tokenizer) that
+  `AutoModelForCausalLM.from_pretrained(run / "model")` loads. Its weights file is a hard link
+  to the run's `model.safetensors`: the same bytes, not a second copy on disk.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +23,46 @@ from safetensors.torch import save_file
 
 from fedpress.config import RunConfig
 
+log = logging.getLogger("fedpress")
+
 ADAPTER_FOLDER = "adapter"
+MODEL_FOLDER = "model"
+
+
+def write_model_folder(
+    out_dir: Path, config: RunConfig, weights: Path, names: set[str]
+) -> Path | None:
+    """`model/` beside the run's full state dict `weights`, whose tensor `names` must be the
+    architecture's (tied weights may be absent); None, with a warning, where they are not."""
+    from transformers import AutoModelForCausalLM
+
+    from fedpress.export import tied_keys
+    from fedpress.models import config_of, load_tokenizer
+
+    with torch.device("meta"):  # the architecture's names, no weights
+        skeleton = AutoModelForCausalLM.from_config(config_of(config.model))
+    tied = tied_keys(skeleton) if getattr(skeleton.config, "tie_word_embeddings", False) else []
+    expected = set(skeleton.state_dict()) - set(tied)
+    if not expected <= names <= set(skeleton.state_dict()):
+        log.warning("no model/ folder: the run's weights are not the whole %s", config.model)
+        return None
+    folder = Path(out_dir) / MODEL_FOLDER
+    folder.mkdir(exist_ok=True)
+    config_of(config.model).save_pretrained(folder)
+    load_tokenizer(config.model).save_pretrained(folder)
+    target = folder / "model.safetensors"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(weights, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(weights, target)
+    (folder / "README.md").write_text(
+        f"# The model tuned by a fedpress run ({config.method}, {config.rounds} rounds)\n\n"
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'model = AutoModelForCausalLM.from_pretrained("<this folder>")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder>")\n```\n'
+    )
+    return folder
 
 
 def write_adapter_folder(
