@@ -63,6 +63,9 @@ def test_tls_deployment_refuses_unknown_key_and_survives_a_dead_node(tmp_path):
             "train.local_steps=2",
             "federation.round_timeout_s=120",
             "federation.min_replies=1",
+            # QLoRA on the deployment engine: every node process loads the base in 4 bits
+            # (and refuses to train on a base bitsandbytes did not quantize).
+            "runtime.quantize=4bit",
         ],
     )
     config_path = tmp_path / "run.toml"
