@@ -40,10 +40,40 @@ def lora_run(tmp_path_factory) -> Path:
             "data.builtin_size=100",
             "data.eval_size=16",
             "eval.per_round_examples=8",
+            "tracking.backend=tensorboard,mlflow",
         ],
     )
     run_config(config, out)
     return out
+
+
+@pytest.mark.slow  # a real Flower simulation (or run)
+def test_tracked_figures_read_back_equal_metrics_jsonl(lora_run):
+    """TensorBoard's event files and MLflow's file store, read back with their own readers."""
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [json.loads(line) for line in (lora_run / "metrics.jsonl").read_text().splitlines()]
+    expected = {r["round"]: r["eval_loss"] for r in rows}
+    summary = json.loads((lora_run / "summary.json").read_text())
+
+    events = EventAccumulator(str(lora_run / "tensorboard")).Reload()
+    logged = {e.step: e.value for e in events.Scalars("round/eval_loss")}
+    assert logged.keys() == expected.keys()
+    assert all(abs(logged[k] - v) < 1e-6 * abs(v) for k, v in expected.items())  # float32
+    assert [e.value for e in events.Scalars("round/bytes_up")] == [r["bytes_up"] for r in rows]
+    assert any(tag.startswith("config") for tag in events.Tags()["tensors"])  # the config text
+    assert events.Scalars("summary/final_eval_loss")[0].value == pytest.approx(
+        summary["final_eval_loss"], rel=1e-6
+    )
+
+    client = MlflowClient(tracking_uri=(lora_run / "mlruns").resolve().as_uri())
+    run = client.get_run((lora_run / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert {m.step: m.value for m in history} == expected
+    assert run.data.params["method"] == "centralized" and run.data.params["lora.r"] == "8"
+    assert run.data.metrics["summary/final_eval_loss"] == summary["final_eval_loss"]
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)

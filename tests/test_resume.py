@@ -4,7 +4,7 @@ The moment is drawn from a seed the test prints; FEDPRESS_RESUME_SEED=<seed> rep
 the run to be killed is a process of its own (`fedpress run`, killed with its Ray workers);
 the reference run and the resumption run in the test's process through what `fedpress run`
 and `fedpress run --resume` call, which saves two interpreter start-ups. The runs train over a
-4-bit base, so this is also QLoRA's kill-and-resume."""
+4-bit base: this is also QLoRA's kill-and-resume, and its federated run (test_qlora.py)."""
 
 import json
 import os
@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from conftest import ONE_CORE
 from fedpress.config import load_config
 from fedpress.runner import run_config
+from test_qlora import check_quantized_run
 
 pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
 
@@ -70,6 +71,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def test_killed_run_resumes_to_the_same_final_metrics(tmp_path):
     reference = tmp_path / "reference"
     expected = run_config(load_config(None, OVERRIDES), reference)
+    check_quantized_run(reference, tmp_path)  # QLoRA's federated test, on the way
 
     crashed = tmp_path / "crashed"
     cli_args = [arg for override in OVERRIDES for arg in ("--set", override)]
@@ -123,6 +125,7 @@ def test_resuming_a_finished_centralized_run_rewrites_the_same_summary(tmp_path,
         "data.builtin_size=120",
         "data.eval_size=16",
         "eval.per_round_examples=8",
+        "tracking.backend=mlflow",
     ]
     out = tmp_path / method
     first = run_config(load_config(None, overrides), out)
@@ -131,3 +134,11 @@ def test_resuming_a_finished_centralized_run_rewrites_the_same_summary(tmp_path,
     assert again["final_eval_loss"] == pytest.approx(first["final_eval_loss"], abs=1e-6)
     assert again.get("client_steps_total") == first.get("client_steps_total")
     assert [json.loads(line)["round"] for line in (out / "metrics.jsonl").open()] == [0, 1]
+    # The resumed run continued the same MLflow run: one run, each round logged once.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("fedpress").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "eval_loss")]
+    assert sorted(steps) == [0, 1]

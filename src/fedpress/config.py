@@ -191,6 +191,18 @@ class AggregationConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a run's figures go beside metrics.jsonl (fedpress.tracking)."""
+
+    # none | tensorboard | mlflow, or several: "tensorboard,mlflow"
+    backend: str = "none"
+    # MLflow's tracking URI; "" = a file store in the run folder (<run>/mlruns)
+    mlflow_uri: str = ""
+    # The MLflow experiment a run is logged under
+    experiment: str = "fedpress"
+
+
+@dataclass
 class ServerOptimizerConfig:
     """How the server steps the global state with the clients' mean change (Reddi et al. 2021,
     "Adaptive Federated Optimization"; fedpress.server_optimizer)."""
@@ -225,6 +237,7 @@ class RunConfig(Sectioned):
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     server_optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # The sections methods bring (`[cybgd]`, `[autoencoder]`): name -> that method's dataclass
     # (registry.Method.section), read as attributes: `config.cybgd.prune_ratio`.
     sections: dict[str, Any] = field(default_factory=lambda: _build_sections(RunConfig, {}, ""))
@@ -285,6 +298,7 @@ class RunConfig(Sectioned):
         if self.train.lr <= 0:
             raise FedpressError("config key 'train.lr' must be > 0")
         _validate_server_optimizer(self.server_optimizer)
+        _validate_tracking(self.tracking)
         refuse_unread_keys(self, method.keys_read(self))
         if covers(method.keys_read(self), "privacy"):
             _validate_privacy(self.privacy)
@@ -331,6 +345,17 @@ def _validate_server_optimizer(opt: ServerOptimizerConfig) -> None:
     for key in ("momentum", "beta1", "beta2"):
         if not 0.0 <= getattr(opt, key) < 1.0:
             raise FedpressError(f"config key 'server_optimizer.{key}' must be in [0, 1)")
+
+
+def _validate_tracking(tracking: TrackingConfig) -> None:
+    from fedpress.tracking import REQUIRES, backend_names
+
+    for name in backend_names(tracking.backend):
+        if name not in REQUIRES:
+            raise FedpressError(
+                f"config key 'tracking.backend': {name!r} is not one of none, "
+                f'{", ".join(REQUIRES)} (several: "tensorboard,mlflow")'
+            )
 
 
 def _validate_aggregation(agg: AggregationConfig, private: bool) -> None:

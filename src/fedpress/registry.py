@@ -37,6 +37,7 @@ SHARED_KEYS = (
     "train",
     "eval",
     "runtime",
+    "tracking",
 )
 
 # Packages imported on first use; a third-party method registers by being imported.

@@ -76,6 +76,9 @@ class RunRecorder:
         self.config = config
         self.rounds: list[RoundRecord] = []
         self.started = time.perf_counter() - elapsed_s
+        from fedpress.tracking import open_trackers
+
+        self.trackers = open_trackers(config, self.out_dir, resume_round)
         metrics = self.out_dir / "metrics.jsonl"
         if resume_round is None:
             config.save(self.out_dir / "config.toml")
@@ -101,6 +104,8 @@ class RunRecorder:
         self.rounds.append(record)
         with (self.out_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record.__dict__) + "\n")
+        for tracker in self.trackers:
+            tracker.log_round(record.__dict__)
 
     def finish(
         self,
@@ -165,6 +170,8 @@ class RunRecorder:
         }
         summary["orchestration_share"] = summary["orchestration_s"] / wall if wall else 0.0
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        for tracker in self.trackers:
+            tracker.finish(summary)
         write_model_card(self.out_dir, self.config, summary, weights_file)
         # Drawn beside the rest of the shutdown (Flower stopping its clients); `wait_for_plots`
         # (the runner, the deployed ServerApp) returns once it is written.

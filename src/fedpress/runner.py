@@ -30,8 +30,10 @@ def preflight(config: RunConfig) -> None:
             "client would fail; lower train.batch_size or num_clients"
         )
     from fedpress.models import config_of
+    from fedpress.tracking import check_installed
 
     config_of(config.model)
+    check_installed(config)
 
 
 def run_config(
