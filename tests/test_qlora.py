@@ -80,7 +80,7 @@ def test_other_lora_methods_build_their_client_task_on_a_4bit_base(method, extra
 OVERRIDES = [
     "model=tiny-llama",
     "num_clients=2",
-    "rounds=2",
+    "rounds=3",
     "train.local_steps=3",
     "train.lr=0.01",
     "data.builtin_size=200",
