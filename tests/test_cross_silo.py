@@ -207,14 +207,20 @@ def test_a_deployed_node_answers_the_query_without_the_training_stack(
 # --------------------------------------------------------------------------- real processes
 
 
-def deploy(tmp_path, config, node_configs):
+def deploy(tmp_path, config, node_configs, run_config=None):
     from fedpress.local_deployment import launch_local_deployment
 
     config_path = tmp_path / "run.toml"
     config.save(config_path)
     out = tmp_path / "out"
     result = launch_local_deployment(
-        REPO / "deploy", config_path, out, timeout_s=900, check=False, node_configs=node_configs
+        REPO / "deploy",
+        config_path,
+        out,
+        timeout_s=900,
+        check=False,
+        node_configs=node_configs,
+        run_config=run_config,
     )
     assert result.returncode == 0, f"{result.status}: {result.stdout[-3000:]}"
     summary = json.loads((out / "summary.json").read_text())
@@ -248,9 +254,11 @@ def server_config(tmp_path, shared_data, clients, *extra):
 @pytest.mark.slow  # a real SuperLink and three real SuperNodes
 def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_path, shared_data):
     (tmp_path / "server").mkdir()
-    # One round shows it all. Every parameter trained and sent (LoRA-FedAvg's client on the
+    # One round shows it all, given as Flower's `--run-config rounds=1` over the TOML's 2 (and
+    # the learning rate too). Every parameter trained and sent (LoRA-FedAvg's client on the
     # full task): the deployed LoRA-FedAvg run is test_deployment.py's.
-    config = server_config(tmp_path, shared_data, 3, "rounds=1", "method=fed-full", "train.lr=1e-4")
+    config = server_config(tmp_path, shared_data, 3, "method=fed-full")
+    assert config.rounds == 2
     orgs = [tmp_path / name for name in ("hospital", "bank", "broken")]
     for org in orgs:
         org.mkdir()
@@ -265,8 +273,11 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_pa
         },
         {"data-path": str(alpaca_file(orgs[2] / "notes.json", shared_data, 60, 30, True))},
     ]
-    summary, rounds, sent = deploy(tmp_path, config, nodes)
+    summary, rounds, sent = deploy(
+        tmp_path, config, nodes, run_config={"rounds": 1, "train.lr": 1e-4}
+    )
     assert [r["round"] for r in rounds] == [0, 1]
+    assert summary["config"]["rounds"] == 1 and summary["config"]["train"]["lr"] == 1e-4
     assert (rounds[1]["clients_ok"], rounds[1]["clients_failed"]) == (2, 1)
     assert rounds[1]["bytes_up"] > 0
     assert summary["clients_failed_total"] == 1

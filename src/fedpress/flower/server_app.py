@@ -68,7 +68,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    config = load_config(str(context.run_config["config"]))
+    from fedpress.flower.run_overrides import overrides
+
+    # `flwr run --run-config 'config="..." rounds=50'`: the TOML, then its keys given there.
+    config = load_config(str(context.run_config["config"]), overrides(context.run_config))
     out = (
         str(context.run_config.get("out", ""))
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
