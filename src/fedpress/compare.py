@@ -39,7 +39,15 @@ from typing import Any
 from tqdm import tqdm
 
 from fedpress import registry
-from fedpress.config import RunConfig, _build, _set_dotted, covers, load_config, read_toml
+from fedpress.config import (
+    RunConfig,
+    _build,
+    _set_dotted,
+    covers,
+    flatten,
+    load_config,
+    read_toml,
+)
 from fedpress.errors import FedpressError
 
 STATUS_FILE = "compare.json"
@@ -61,18 +69,6 @@ class Matrix:
     description: str
     reference: str  # variant name, or "" to pick the uncompressed LoRA-FedAvg one
     variants: list[Variant] = field(default_factory=list)
-
-
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables and dotted keys (quoted or not) to one `section.key -> value` map."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 COMPARE_FOLDER = "{compare}"  # in a string value: the compare folder (e.g. shared TGAP snapshots)

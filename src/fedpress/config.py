@@ -399,6 +399,18 @@ def covers(keys: tuple[str, ...], key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
 
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables and dotted keys (quoted or not) to one `section.key -> value` map."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def changed_keys(config: RunConfig) -> list[str]:
     """Dotted keys whose value differs from the default."""
     changed: list[str] = []

@@ -164,9 +164,8 @@ def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
     kwargs: dict = {"dtype": placement.dtype, "use_safetensors": True, "trust_remote_code": False}
     if runtime.quantize != "none":
         kwargs["quantization_config"] = _quantization_config(runtime, placement)
-        kwargs["device_map"] = {"": placement.device.index or 0}
-        if placement.device.type == "cpu":
-            kwargs["device_map"] = {"": "cpu"}
+        cuda = placement.device.type == "cuda"
+        kwargs["device_map"] = {"": (placement.device.index or 0) if cuda else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -204,7 +203,8 @@ def quantized_layers(model: torch.nn.Module) -> list[str]:
     """Names of the linear layers bitsandbytes holds in 8 or 4 bits."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return []
-    bnb = _bitsandbytes()
+    import bitsandbytes as bnb
+
     kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     return [name for name, module in model.named_modules() if isinstance(module, kinds)]
 
@@ -225,7 +225,8 @@ def _settle_quantized_model(model: PreTrainedModel) -> None:
             "runtime.quantize: bitsandbytes quantized no layer of this model; "
             "its linear layers are not ones bitsandbytes replaces"
         )
-    bnb = _bitsandbytes()
+    import bitsandbytes as bnb
+
     with torch.no_grad():
         for param in model.parameters():
             if not isinstance(param, (bnb.nn.Params4bit, bnb.nn.Int8Params)):
@@ -242,12 +243,6 @@ def _not_found(name: str, exc: Exception) -> str:
     )
 
 
-def _bitsandbytes():  # noqa: ANN202 - the module
-    import bitsandbytes
-
-    return bitsandbytes
-
-
 # The bitsandbytes release whose CPU kernels (8-bit and NF4, forward and backward) this
 # project tested; CUDA has had them for years.
 BNB_CPU_VERSION = "0.50.2"
@@ -258,7 +253,7 @@ def _quantization_config(runtime: RuntimeConfig, placement: Placement):  # noqa:
         raise FedpressError(
             f"runtime.quantize needs bitsandbytes: pip install 'bitsandbytes>={BNB_CPU_VERSION}'"
         )
-    bitsandbytes = _bitsandbytes()
+    import bitsandbytes
     from packaging.version import Version
     from transformers import BitsAndBytesConfig
 

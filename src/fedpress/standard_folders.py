@@ -39,8 +39,9 @@ def write_model_folder(
     from fedpress.export import tied_keys
     from fedpress.models import config_of, load_tokenizer
 
+    model_config = config_of(config.model)
     with torch.device("meta"):  # the architecture's names, no weights
-        skeleton = AutoModelForCausalLM.from_config(config_of(config.model))
+        skeleton = AutoModelForCausalLM.from_config(model_config)
     tied = tied_keys(skeleton) if getattr(skeleton.config, "tie_word_embeddings", False) else []
     expected = set(skeleton.state_dict()) - set(tied)
     if not expected <= names <= set(skeleton.state_dict()):
@@ -48,7 +49,7 @@ def write_model_folder(
         return None
     folder = Path(out_dir) / MODEL_FOLDER
     folder.mkdir(exist_ok=True)
-    config_of(config.model).save_pretrained(folder)
+    model_config.save_pretrained(folder)
     load_tokenizer(config.model).save_pretrained(folder)
     target = folder / "model.safetensors"
     target.unlink(missing_ok=True)

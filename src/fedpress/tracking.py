@@ -103,7 +103,9 @@ class MlflowTracker:
         )
         self.run_id = self.client.create_run(experiment_id, run_name=out_dir.name).info.run_id
         id_file.write_text(self.run_id)
-        params = _flat(config.to_dict())
+        from fedpress.config import flatten
+
+        params = flatten(config.to_dict())
         self._log_batch(params=[(k, str(v)[:6000]) for k, v in sorted(params.items())])
 
     def log_round(self, record: dict[str, Any]) -> None:
@@ -148,13 +150,3 @@ def open_trackers(config: RunConfig, out_dir: Path, resume_round: int | None) ->
     check_installed(config)
     names = backend_names(config.tracking.backend)
     return [BACKENDS[name](config, Path(out_dir), resume_round) for name in names]
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat

@@ -27,18 +27,9 @@ END = "# --- end of the generated keys ---"
 
 def overridable_keys() -> list[str]:
     """The dotted scalar keys of a run config, with the method sections' and codecs'."""
-    from fedpress.config import RunConfig
+    from fedpress.config import RunConfig, flatten
 
-    def walk(values: dict[str, Any], prefix: str) -> list[str]:
-        keys = []
-        for key, value in values.items():
-            if isinstance(value, dict):
-                keys += walk(value, f"{prefix}{key}.")
-            elif not isinstance(value, list):
-                keys.append(prefix + key)
-        return keys
-
-    return walk(RunConfig().to_dict(), "")
+    return [k for k, v in flatten(RunConfig().to_dict()).items() if not isinstance(v, list)]
 
 
 def overrides(run_config: Mapping[str, Any]) -> list[str]:
