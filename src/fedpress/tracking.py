@@ -14,7 +14,8 @@ crashed run had logged for them.
   `<run>/mlflow_run_id`.
 
 A backend is a class with `log_round(record)` and `finish(summary)`, built from
-(config, out_dir, resume_round); adding one is adding it to `BACKENDS`.
+(config, out_dir, resume_round); adding one is adding it to `BACKENDS` and its name to
+`config.TRACKING_BACKENDS`.
 """
 
 from __future__ import annotations
@@ -42,12 +43,6 @@ class Tracker(Protocol):
     def log_round(self, record: dict[str, Any]) -> None: ...
 
     def finish(self, summary: dict[str, Any]) -> None: ...
-
-
-def backend_names(value: str) -> list[str]:
-    """`"tensorboard, mlflow"` -> ["tensorboard", "mlflow"]; "none" -> []."""
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    return [name for name in names if name != "none"]
 
 
 def numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -138,7 +133,7 @@ BACKENDS: dict[str, type] = {"tensorboard": TensorBoardTracker, "mlflow": Mlflow
 
 def check_installed(config: RunConfig) -> None:
     """Each backend's library, checked where the run is recorded (never on the nodes)."""
-    for name in backend_names(config.tracking.backend):
+    for name in config.tracking.backends():
         module, requirement = REQUIRES[name]
         if importlib.util.find_spec(module) is None:
             raise FedpressError(
@@ -148,5 +143,5 @@ def check_installed(config: RunConfig) -> None:
 
 def open_trackers(config: RunConfig, out_dir: Path, resume_round: int | None) -> list[Tracker]:
     check_installed(config)
-    names = backend_names(config.tracking.backend)
-    return [BACKENDS[name](config, Path(out_dir), resume_round) for name in names]
+    backends = config.tracking.backends()
+    return [BACKENDS[name](config, Path(out_dir), resume_round) for name in backends]
