@@ -1,6 +1,7 @@
 """The CLI end to end, as a user runs it: real Flower simulation, tiny models, real files."""
 
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -15,6 +16,7 @@ SUMMARY_KEYS = {
     "rounds",
     "num_clients",
     "final_eval_loss",
+    "final_eval_perplexity",
     "final_accuracy",
     "bytes_up_total",
     "bytes_down_total",
@@ -35,6 +37,19 @@ def fedpress(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def read_rounds(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_text_data_rounds_report_perplexity_and_choice_data_does_not():
+    from fedpress.run_files import RoundRecord
+
+    text = RoundRecord(round=1, train_loss=2.0, eval_loss=2.5, accuracy=None, eval_examples=8)
+    assert text.eval_perplexity == pytest.approx(math.exp(2.5))
+    scored = RoundRecord(round=1, train_loss=2.0, eval_loss=0.4, accuracy=0.5, eval_examples=8)
+    assert scored.eval_perplexity is None
+    lost = RoundRecord(
+        round=1, train_loss=None, eval_loss=float("nan"), accuracy=None, eval_examples=8
+    )
+    assert lost.eval_perplexity is None
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)

@@ -3,6 +3,7 @@ name no path, a node loads only a model it was given, and bad local data fails t
 reply (counted by the server) without leaking the file."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -285,6 +286,8 @@ def test_three_organisations_each_with_its_own_file_one_of_them_malformed(tmp_pa
     # The two good nodes scored every global model on their own held-out files.
     assert all(r["fed_eval_nodes"] == 2 and r["fed_eval_examples"] == 16 for r in rounds)
     assert rounds[-1]["fed_eval_loss"] < rounds[0]["fed_eval_loss"]
+    # Text to continue (Alpaca answers): perplexity per round beside the loss.
+    assert all(r["eval_perplexity"] == pytest.approx(math.exp(r["eval_loss"])) for r in rounds)
     # The run config the nodes received names no path of this machine.
     assert str(tmp_path) not in sent and protocol.NODE_LOCAL in sent
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedpress.config import load_config
-from fedpress.data import load_mcq_csv
+from fedpress.data import load_classification_tsv, load_mcq_csv
 from fedpress.errors import FedpressError
 from fedpress.export import export_run, load_run
 from fedpress.mcq_eval import run_mcq_eval, with_shots
 from fedpress.models import load_base_model
 from fedpress.runner import run_config
+from fedpress.training import encode, evaluate
 from fresh_interpreter import logits_elsewhere, logits_here
 
 
@@ -158,39 +157,59 @@ def test_k_shot_prompts_show_solved_dev_questions_of_the_same_subject(shared_dat
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)
-def test_eval_cli_zero_and_k_shot(lora_run, mmlu_subset, shared_data, tmp_path):
+def test_eval_cli_zero_and_k_shot(lora_run, mmlu_subset, shared_data, tmp_path, capsys):
     zero = run_mcq_eval(str(lora_run), data=str(mmlu_subset), limit=4, show=False)
     assert zero["questions"] == 8 and set(zero["subjects"]) == {"anatomy", "astronomy"}
     assert json.loads((lora_run / "mcq-0shot.json").read_text())["questions"] == 8
     per_subject = [s["accuracy"] * s["questions"] for s in zero["subjects"].values()]
     assert zero["overall_accuracy"] == pytest.approx(sum(per_subject) / 8)
-    out = tmp_path / "two.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedpress.cli",
-            "eval",
-            str(lora_run),
-            "--data",
-            str(mmlu_subset),
-            "--dev",
-            str(shared_data / "mmlu" / "dev"),
-            "--shots",
-            "2",
-            "--limit",
-            "4",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "overall (micro)" in result.stdout and "anatomy" in result.stdout
-    two = json.loads(out.read_text())
+    dev = shared_data / "mmlu" / "dev"
+    two = run_mcq_eval(str(lora_run), data=str(mmlu_subset), dev=str(dev), shots=2, limit=4)
+    assert "overall (micro)" in capsys.readouterr().out
     assert two["shots"] == 2 and two["questions"] == 8 and 0.0 <= two["overall_accuracy"] <= 1.0
+
+    # lm-evaluation-harness on the same tuned model: every shipped task in one call.
+    sst2 = tmp_path / "sst2.tsv"
+    sst2.write_text("".join((shared_data / "sst2" / "test.tsv").open().readlines()[:5]))
+    maths = tmp_path / "maths.jsonl"
+    maths.write_text('{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\\n#### 5"}\n')
+    text = tmp_path / "text.txt"
+    text.write_text(
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak.\n"
+    )
+    out = tmp_path / "harness.json"
+    tasks = f"mmlu,sst2={sst2},gsm8k={maths},perplexity={text}"
+    argv = ["eval", str(lora_run), "--tasks", tasks, "--data", str(mmlu_subset), "--dev", str(dev)]
+    from fedpress.cli import main
+
+    assert main([*argv, "--shots", "2", "--limit", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mmlu (2 subjects)" in printed and "fedpress_sst2" in printed
+    harness = json.loads(out.read_text())
+    assert harness["mmlu"]["subjects"] == two["subjects"]
+    # Question by question: the harness's prompt is the built-in scorer's, and it picks the
+    # answer fedpress's scorer picks.
+    run = load_run(lora_run)
+    pad = int(run.tokenizer.pad_token_id)
+    samples = [json.loads(line) for line in out.with_suffix(".samples.jsonl").open()]
+    mmlu = [s for s in samples if s["task"].startswith("fedpress_mmlu_")]
+    assert len(mmlu) == 8
+    prompted = with_shots(load_mcq_csv(mmlu_subset), load_mcq_csv(dev), 2)
+    for sample in mmlu:
+        subject = sample["task"].removeprefix("fedpress_mmlu_")
+        example = [e for e in prompted if e.label == subject][sample["doc_id"]]
+        assert sample["arguments"][0][0] == example.prompt
+        ours = evaluate(run.model, [encode(example, run.tokenizer, 1024)], batch_size=1, pad_id=pad)
+        assert sample["acc"] == ours.accuracy
+    # SST-2 with the run's label words: the accuracy fedpress's own evaluation gives.
+    examples = load_classification_tsv(sst2, run.config.data.label_words)
+    encoded = [encode(e, run.tokenizer, 1024) for e in examples]
+    ours = evaluate(run.model, encoded, batch_size=4, pad_id=pad).accuracy
+    assert harness["results"]["fedpress_sst2"]["acc,none"] == pytest.approx(ours)
+    assert harness["n-samples"]["fedpress_sst2"]["effective"] == 4
+    ppl = harness["results"]["fedpress_perplexity"]
+    assert ppl["word_perplexity,none"] > 1 and ppl["bits_per_byte,none"] > 0
+    assert 0 <= harness["results"]["fedpress_gsm8k"]["exact_match,strict-match"] <= 1
 
 
 def test_eval_mistakes_are_one_line_errors(capsys):
@@ -200,3 +219,16 @@ def test_eval_mistakes_are_one_line_errors(capsys):
     assert "data not found: nowhere.csv" in capsys.readouterr().err
     assert main(["eval", "tiny-llama", "--data", "nowhere.csv", "--shots", "2"]) == 2
     assert "needs --dev" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama"]) == 2
+    assert "--data is needed (or --tasks" in capsys.readouterr().err
+    # lm-evaluation-harness tasks: told before the harness is imported.
+    assert main(["eval", "tiny-llama", "--tasks", "mmlu"]) == 2
+    assert "task 'mmlu' reads an MMLU-layout CSV folder or file: give --data" in (
+        capsys.readouterr().err
+    )
+    assert main(["eval", "tiny-llama", "--tasks", "sst2=nowhere.tsv"]) == 2
+    assert "data for task 'sst2' not found: nowhere.tsv" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama", "--tasks", "hellaswag=x.txt"]) == 2
+    assert "only fedpress's own tasks take a file" in capsys.readouterr().err
+    assert main(["eval", "tiny-llama", "--tasks", "mine.yaml"]) == 2
+    assert "task file not found: mine.yaml" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -95,13 +96,27 @@ def _compare_arguments(compare: argparse.ArgumentParser) -> None:
 
 def _eval_arguments(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("target", help="run folder, or model alias / Hugging Face id / path")
-    evaluate.add_argument("--data", required=True, help="MMLU-layout CSV file or folder")
+    evaluate.add_argument(
+        "--tasks",
+        help="run lm-evaluation-harness instead of the built-in MMLU scorer: comma-separated "
+        "tasks, each fedpress's own (mmlu, sst2, gsm8k, perplexity: reads --data, or "
+        "name=<path>), a task YAML, or a harness task name",
+    )
+    evaluate.add_argument(
+        "--data", help="MMLU-layout CSV file or folder (with --tasks: the shipped task's file)"
+    )
     evaluate.add_argument("--dev", help="dev folder the k-shot examples come from")
-    evaluate.add_argument("--shots", type=int, default=0, help="examples per subject (k-shot)")
+    evaluate.add_argument(
+        "--shots", type=int, default=0, help="dev examples per MMLU subject (k-shot; other tasks 0)"
+    )
     evaluate.add_argument("--limit", type=int, default=0, help="questions per subject (0 = all)")
     evaluate.add_argument("--max-length", type=int, default=1024, help="tokens per prompt")
     evaluate.add_argument("--batch-size", type=int, default=4)
-    evaluate.add_argument("--out", help="JSON result (default: <run>/mcq-<k>shot.json)")
+    evaluate.add_argument(
+        "--out",
+        help="JSON result (default: <run>/mcq-<k>shot.json, with --tasks "
+        "<run>/lm-eval-<tasks>-<k>shot.json and its .samples.jsonl)",
+    )
 
 
 def _export_arguments(export: argparse.ArgumentParser) -> None:
@@ -148,10 +163,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fedpress.mcq_eval import run_mcq_eval
-
     quiet()
-    run_mcq_eval(
+    if args.tasks:
+        from fedpress.harness import run_harness
+
+        evaluate = functools.partial(run_harness, tasks=args.tasks)
+    else:
+        from fedpress.mcq_eval import run_mcq_eval
+
+        if not args.data:
+            raise FedpressError("--data is needed (or --tasks, to run lm-evaluation-harness)")
+        evaluate = run_mcq_eval
+    evaluate(
         args.target,
         data=args.data,
         dev=args.dev,
@@ -226,7 +249,12 @@ COMMANDS = (
     Command(
         "report", "rebuild report.md / report.html of a compare folder", _folder_argument, _report
     ),
-    Command("eval", "multiple-choice accuracy on MMLU-layout CSVs", _eval_arguments, _eval),
+    Command(
+        "eval",
+        "MMLU accuracy (built-in), or any lm-evaluation-harness task (--tasks)",
+        _eval_arguments,
+        _eval,
+    ),
     Command("export", "the tuned model as a Hugging Face folder", _export_arguments, _export),
     Command(
         "deploy-local",

@@ -6,6 +6,7 @@ Every method writes the same files through `RunRecorder`, so runs compare field 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,13 @@ from safetensors.torch import save_file
 
 from fedpress.accounting import MB
 from fedpress.config import RunConfig
+
+
+def perplexity(loss: float, accuracy: float | None) -> float | None:
+    """Perplexity per token of a text-continuation loss; None for choice-scored data."""
+    if accuracy is not None or not math.isfinite(loss):
+        return None
+    return math.exp(min(loss, 700.0))
 
 
 @dataclass
@@ -58,6 +66,11 @@ class RoundRecord:
     fed_eval_failed: int = 0
     fed_eval_bytes_down: int = 0
     fed_eval_bytes_up: int = 0
+    # exp(eval_loss) where the held-out data is text to continue (no choices to score).
+    eval_perplexity: float | None = None
+
+    def __post_init__(self) -> None:
+        self.eval_perplexity = perplexity(self.eval_loss, self.accuracy)
 
 
 class RunRecorder:
@@ -143,6 +156,7 @@ class RunRecorder:
             "rounds": self.config.rounds,
             "num_clients": self.config.num_clients,
             "final_eval_loss": final_eval_loss,
+            "final_eval_perplexity": perplexity(final_eval_loss, final_accuracy),
             "final_accuracy": final_accuracy,
             "final_eval_examples": final_eval_examples,
             # The per-round figures (metrics.jsonl, the curves) score this many: a fixed subset.
@@ -203,6 +217,7 @@ def write_model_card(
         ("clients, rounds", f"{config.num_clients}, {config.rounds}"),
         ("final accuracy", "n/a" if acc is None else f"{100 * acc:.2f} %"),
         ("final eval loss", f"{summary['final_eval_loss']:.4f}"),
+        *_perplexity_row("final perplexity", summary),
         (
             "uplink / download MB",
             f"{summary['bytes_up_total'] / MB:.3f} / {summary['bytes_down_total'] / MB:.3f}",
@@ -269,6 +284,11 @@ def plot_run(rounds: list[RoundRecord], path: Path, title: str = "") -> None:
     fig.savefig(path, dpi=110)
 
 
+def _perplexity_row(label: str, summary: dict[str, Any]) -> list[tuple[str, str]]:
+    value = summary.get("final_eval_perplexity")
+    return [] if value is None else [(label, f"{value:.2f}")]
+
+
 def format_summary_table(summary: dict[str, Any]) -> str:
     acc = summary["final_accuracy"]
     rows = [
@@ -276,6 +296,7 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         ("model", summary["model"]),
         ("final accuracy", "n/a" if acc is None else f"{100 * acc:.1f} %"),
         ("eval loss", f"{summary['final_eval_loss']:.4f}"),
+        *_perplexity_row("perplexity", summary),
         ("MB up", f"{summary['bytes_up_total'] / MB:.2f}"),
         ("MB down", f"{summary['bytes_down_total'] / MB:.2f}"),
         ("wall time", f"{summary['wall_s']:.1f} s"),
