@@ -43,13 +43,12 @@ import torch
 from common import REPO, RESULTS, make_config, markdown_table, quiet, save, sst2_setting
 
 
-def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
-    """The reference: model + PEFT LoRA, AdamW, the same batches fedpress's client trains on
-    (its seeded order, `training.batch_rows`)."""
+def client_setup(steps: int, threads: int) -> tuple[Any, Any, Any, list[Any], float]:
+    """SmolLM2 with LoRA r=8 and the tokenised SST-2 share a fedpress client trains on, and
+    the seconds that took."""
     from fedpress.data import build_splits
-    from fedpress.flower.node import train_seed
     from fedpress.models import add_lora, load_base_model, load_tokenizer
-    from fedpress.training import batch_rows, collate, encode
+    from fedpress.training import encode
 
     config = make_config({**sst2_setting(1, 1, steps, 2000), "lora.r": 8})
     torch.set_num_threads(threads)
@@ -58,22 +57,112 @@ def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
     tokenizer = load_tokenizer(config.model)
     splits = build_splits(config.data, 1, config.seed)
     data = [encode(e, tokenizer, config.data.max_length) for e in splits.client_shares[0]]
-    load_s = time.perf_counter() - started
+    return config, model, tokenizer, data, time.perf_counter() - started
+
+
+def client_batches(config: Any, examples: int, steps: int) -> list[list[int]]:
+    """The batches the fedpress client draws in round 1 as partition 0."""
+    from fedpress.flower.node import train_seed
+    from fedpress.training import batch_rows
+
+    return list(batch_rows(examples, config.train.batch_size, steps, train_seed(config, 1, 0)))
+
+
+def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
+    """The reference: model + PEFT LoRA, AdamW, the same batches fedpress's client trains on
+    (its seeded order, `training.batch_rows`)."""
+    from fedpress.training import collate
+
+    config, model, tokenizer, data, load_s = client_setup(steps, threads)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.train.lr)
-    batch = config.train.batch_size
+    optimizer = torch.optim.AdamW(
+        params, lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
     model.train()
     start = time.perf_counter()
-    # The batches the fedpress client draws in round 1 as partition 0.
-    for rows in batch_rows(len(data), batch, steps, train_seed(config, 1, 0)):
+    losses = []
+    for rows in client_batches(config, len(data), steps):
         batch_data = [data[i] for i in rows]
         loss = model(**collate(batch_data, int(tokenizer.pad_token_id), torch.device("cpu"))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
     train_s = time.perf_counter() - start
-    return {"train_s": train_s, "step_s": train_s / steps, "load_s": load_s}
+    return {
+        "train_s": train_s,
+        "step_s": train_s / steps,
+        "load_s": load_s,
+        "mean_train_loss": sum(losses) / len(losses),
+    }
+
+
+def trl_sft_peer(steps: int, threads: int) -> dict[str, float]:
+    """What FlowerTune's LLM example and OpenFedLLM run in each client: trl's SFTTrainer over
+    a PEFT LoRA model. The same model, the same batches in the same order (sequential sampling
+    over them), the same loss on answer tokens (prebuilt labels), AdamW at a constant rate,
+    the same gradient clipping. Its round: building the trainer, then `train()`."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    config, model, tokenizer, data, load_s = client_setup(steps, threads)
+    order = [data[i] for rows in client_batches(config, len(data), steps) for i in rows]
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in order])
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.began, self.seconds, self.losses = 0.0, [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            self.seconds.append(time.perf_counter() - self.began)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    clock = StepClock()
+    round_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            output_dir=out,
+            max_steps=steps,
+            per_device_train_batch_size=config.train.batch_size,
+            learning_rate=config.train.lr,
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            gradient_checkpointing=False,  # trl's default is on; fedpress's client has it off
+            max_grad_norm=config.train.max_grad_norm,
+            max_length=config.data.max_length,
+            train_sampling_strategy="sequential",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[clock],
+        )
+        trainer.train()
+    train_s = sum(clock.seconds)
+    return {
+        "train_s": train_s,
+        "step_s": train_s / steps,
+        "round_s": time.perf_counter() - round_start,
+        "load_s": load_s,
+        "mean_train_loss": sum(clock.losses) / max(len(clock.losses), 1),
+        "steps_run": len(clock.seconds),
+    }
 
 
 def fedpress_run(overrides: dict[str, Any], out: Path) -> dict[str, float]:
@@ -96,7 +185,12 @@ def fedpress_run(overrides: dict[str, Any], out: Path) -> dict[str, float]:
         "step_s": summary["client_train_s"] / (config.train.local_steps * config.num_clients),
         "final_accuracy": summary["final_accuracy"],
         "final_eval_loss": summary["final_eval_loss"],
+        "train_loss": read_rounds(out)[1]["train_loss"],
     }
+
+
+def read_rounds(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def parallel_clients(threads: int, steps: int, out: Path) -> dict[str, Any]:
@@ -111,10 +205,7 @@ def parallel_clients(threads: int, steps: int, out: Path) -> dict[str, Any]:
             "data.eval_size": 16,
         }
         run_config_summary = fedpress_run(overrides, out / name)
-        rounds = [
-            json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()
-        ]
-        second = rounds[2]
+        second = read_rounds(out / name)[2]
         figures[name] = {
             "client_cpus": client_cpus,
             "round2_s": second["round_wall_s"] - second["eval_s"],
@@ -178,7 +269,7 @@ def demo(out: Path) -> dict[str, Any]:
         timeout=3600,
     )
     wall = time.perf_counter() - started
-    rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rounds = read_rounds(out)
     summary = json.loads((out / "summary.json").read_text())
     return {
         "wall_s": wall,
@@ -204,6 +295,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--tests", action="store_true", help="also time the test tiers")
+    parser.add_argument(
+        "--steps-only",
+        action="store_true",
+        help="only the per-step comparison: fedpress's client, the plain loop, trl's SFTTrainer",
+    )
     args = parser.parse_args()
     quiet()
     threads = min(2, os.cpu_count() or 1)
@@ -221,7 +317,10 @@ def main() -> None:
         "steps": args.steps,
     }
     results["plain"] = plain_peft_loop(args.steps, threads)
+    results["trl_sft"] = trl_sft_peer(args.steps, threads)
     results["fedpress_smollm2"] = fedpress_run(smol, work / "smol")
+    if args.steps_only:
+        return report(args, results, threads, load)
     results["flower_trivial_1x1"] = trivial_flower(1, 1)
     tiny = {
         "model": "tiny-llama",
@@ -237,13 +336,12 @@ def main() -> None:
     if args.tests:
         results["tests_quick_s"] = time_tests(["-m", "not slow"])
         results["tests_all_s"] = time_tests([])
-    results["load_at_end"] = os.getloadavg()[0]
+    report(args, results, threads, load)
 
-    plain, smol_run, tiny_run = (
-        results["plain"],
-        results["fedpress_smollm2"],
-        results["fedpress_tiny"],
-    )
+
+def report(args: argparse.Namespace, results: dict[str, Any], threads: int, load: float) -> None:
+    results["load_at_end"] = os.getloadavg()[0]
+    plain, smol_run, peer = results["plain"], results["fedpress_smollm2"], results["trl_sft"]
     rows = [
         {
             "figure": "per-step training time, fedpress client / plain PEFT loop",
@@ -251,6 +349,30 @@ def main() -> None:
             f"{smol_run['step_s'] / plain['step_s']:.3f}x",
             "target": "<= 1.05x",
         },
+        {
+            "figure": "per-step training time, trl SFTTrainer peer / fedpress client",
+            "value": f"{peer['step_s']:.2f} s / {smol_run['step_s']:.2f} s = "
+            f"{peer['step_s'] / smol_run['step_s']:.3f}x",
+            "target": "(what users would otherwise run)",
+        },
+        {
+            "figure": "one round of training, trl SFTTrainer peer (trainer built + train()) / "
+            "fedpress client (client_train_s)",
+            "value": f"{peer['round_s']:.1f} s / {smol_run['client_train_s']:.1f} s = "
+            f"{peer['round_s'] / smol_run['client_train_s']:.2f}x",
+            "target": "",
+        },
+        {
+            "figure": f"mean training loss over the {args.steps} steps: fedpress / plain / trl",
+            "value": f"{smol_run['train_loss']:.4f} / {plain['mean_train_loss']:.4f} / "
+            f"{peer['mean_train_loss']:.4f}",
+            "target": "the same batches: close",
+        },
+    ]
+    if "fedpress_tiny" not in results:
+        return finish(args, results, threads, load, rows, ["fedpress_smollm2"])
+    tiny_run = results["fedpress_tiny"]
+    rows += [
         {
             "figure": "fixed cost, SmolLM2 1 client x 1 round, minus Flower's trivial app",
             "value": f"{smol_run['fixed_s']:.1f} s - {results['flower_trivial_1x1']:.1f} s = "
@@ -296,13 +418,24 @@ def main() -> None:
                 "target": "<= 150 s",
             }
         )
+    finish(args, results, threads, load, rows, ["fedpress_smollm2", "fedpress_tiny"])
+
+
+def finish(
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    threads: int,
+    load: float,
+    rows: list[dict[str, str]],
+    runs: list[str],
+) -> None:
     table = markdown_table(
         rows, [("figure", "figure"), ("value", "measured"), ("target", "target")]
     )
     breakdown = markdown_table(
         [
             {"run": name, **{k: f"{v:.1f}" for k, v in results[name].items() if k.endswith("_s")}}
-            for name in ("fedpress_smollm2", "fedpress_tiny")
+            for name in runs
         ],
         [
             ("run", "run"),
@@ -313,7 +446,11 @@ def main() -> None:
             ("fixed_s", "fixed s"),
         ],
     )
-    flags = "".join(f" --{f}" for f in ("skip-demo", "tests") if getattr(args, f.replace("-", "_")))
+    flags = "".join(
+        f" --{f}"
+        for f in ("skip-demo", "tests", "steps-only")
+        if getattr(args, f.replace("-", "_"))
+    )
     header = (
         f"`python benchmarks/speed.py{flags}`, "
         f"{results['cpu']}, {threads} threads, load average {load:.2f} at start and "

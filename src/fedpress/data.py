@@ -310,10 +310,14 @@ def _capped_eval(examples: list[Example], eval_size: int, seed: int) -> list[Exa
     """At most `eval_size` of a held-out file (0 = all): a seeded draw kept in file order (a
     file sorted by label still gives a fair mix), with its own generator, so the training split
     does not depend on eval_size."""
-    if not eval_size or len(examples) <= eval_size:
-        return examples
-    kept = random.Random(seed + 1).sample(range(len(examples)), eval_size)
-    return [examples[i] for i in sorted(kept)]
+    return [examples[i] for i in held_out_rows(len(examples), eval_size, seed)]
+
+
+def held_out_rows(count: int, eval_size: int, seed: int) -> list[int]:
+    """Which of a held-out file's `count` examples a run with `seed` scores (file order)."""
+    if not eval_size or count <= eval_size:
+        return list(range(count))
+    return sorted(random.Random(seed + 1).sample(range(count), eval_size))
 
 
 def partition(
