@@ -3,12 +3,15 @@
     python benchmarks/speed.py                 # everything but the test suite (~15 min, 2 cores)
     python benchmarks/speed.py --skip-demo     # without the no-argument demo
     python benchmarks/speed.py --tests         # also time the quick tier and the whole suite
+    python benchmarks/speed.py --steps-only    # the per-step rows alone (~5 min)
 
-Prints and saves `benchmarks/results/speed.{json,md}`:
+Prints and saves `benchmarks/results/speed.{json,md}` (with `--steps-only`: speed_steps.*):
 
 - per-step training time of a fedpress client (`fedpress run`, 1 client, 1 round of `--steps`
   steps, SmolLM2-135M, LoRA r=8 on q/k/v/o, SST-2, batch 8) against a plain PyTorch + PEFT
-  loop written here, on the same model, the same tokenised batches and the same thread count;
+  loop written here and against trl's SFTTrainer over PEFT (how FlowerTune's LLM example and
+  OpenFedLLM train a client), on the same model, the same tokenised batches and the same
+  thread count, with each one's mean training loss over those steps;
 - the fixed cost of a run (wall time minus client training, codec and evaluation time) against
   Flower's own simulation of a trivial app (the server sends each client an empty message per
   round, the client echoes it) with the same numbers of clients and rounds, for SmolLM2 and for
@@ -95,6 +98,7 @@ def plain_peft_loop(steps: int, threads: int) -> dict[str, float]:
         "step_s": train_s / steps,
         "load_s": load_s,
         "mean_train_loss": sum(losses) / len(losses),
+        "first_train_loss": losses[0],
     }
 
 
@@ -135,7 +139,10 @@ def trl_sft_peer(steps: int, threads: int) -> dict[str, float]:
             learning_rate=config.train.lr,
             lr_scheduler_type="constant",
             weight_decay=0.0,
-            gradient_checkpointing=False,  # trl's default is on; fedpress's client has it off
+            # trl's defaults are bf16 autocast and gradient checkpointing; fedpress's client (and
+            # the plain loop) train in fp32 without checkpointing: like for like.
+            bf16=False,
+            gradient_checkpointing=False,
             max_grad_norm=config.train.max_grad_norm,
             max_length=config.data.max_length,
             train_sampling_strategy="sequential",
@@ -161,6 +168,7 @@ def trl_sft_peer(steps: int, threads: int) -> dict[str, float]:
         "round_s": time.perf_counter() - round_start,
         "load_s": load_s,
         "mean_train_loss": sum(clock.losses) / max(len(clock.losses), 1),
+        "first_train_loss": clock.losses[0] if clock.losses else float("nan"),
         "steps_run": len(clock.seconds),
     }
 
@@ -458,7 +466,7 @@ def finish(
     )
     text = f"{header}\n\n{table}\n\n{breakdown}"
     print(text)
-    save("speed", results, text)
+    save("speed_steps" if args.steps_only else "speed", results, text)
 
 
 if __name__ == "__main__":
