@@ -54,7 +54,7 @@ def test_only_r_is_trained_and_the_adapter_is_b_r_a():
     assert trainable and set(trainable.values()) == {(rank, rank)}
     assert all(n.endswith(".lora_A.default.r.weight") for n in trainable)
     frozen = {}
-    for key, shape in frozen_shapes(task).items():
+    for key, shape in frozen_shapes(task.model).items():
         # A: r x in with orthonormal rows; B: out x r with orthonormal columns.
         frozen[key] = orthonormal(shape[1], shape[0], 1).T if key.endswith(".A") else None
         if key.endswith(".B"):
@@ -129,7 +129,7 @@ def test_the_first_step_is_minus_init_lr_sign_of_the_base_models_gradient():
                 total += grad
     finally:
         weight.requires_grad_(False)
-        freeze_a_and_b(task)
+        freeze_a_and_b(task.model)
     assert torch.equal(steps[name], -lr * torch.sign(total))
     p, q = truncated_factors(steps[name], config.lora.r, 10, seed=0)
     assert p.shape == (weight.shape[0], config.lora.r) and q.shape == (
@@ -160,7 +160,9 @@ def test_the_random_start_is_orthonormal_seeded_and_leaves_the_base_model():
     def random_pair(config):
         task = build_sb_task(config)
         start = random_start(task)
-        frozen = protocol.decode_record(one_off_codec(config), start.frozen, frozen_shapes(task))
+        frozen = protocol.decode_record(
+            one_off_codec(config), start.frozen, frozen_shapes(task.model)
+        )
         return start, frozen
 
     config = load_config(None, [*SETTING, "fedsb.init=random"])

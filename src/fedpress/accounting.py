@@ -14,11 +14,18 @@ def message_nbytes(obj) -> int:  # noqa: ANN001 - a flwr Message or RecordDict
 
     Flower 1.41 ships a message as a tree of content-addressed objects (the message, its
     records, each array's chunks); this sums their serialised sizes, the same bytes the
-    SuperLink and SuperNodes exchange, not an estimate from parameter counts.
+    SuperLink and SuperNodes exchange, not an estimate from parameter counts. Identical
+    objects (two equal arrays, two equal chunks of one) ship once.
+
+    A planned message (`fedpress plan`, `fedpress.flower.planning`) holds stand-in chunks
+    that have a size and no bytes: each counts the bytes its real twin serialises to.
     """
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-    return sum(len(node.deflate()) for node in get_all_nested_objects(obj).values())
+    return sum(
+        getattr(node, "planned_nbytes", None) or len(node.deflate())
+        for node in get_all_nested_objects(obj).values()
+    )
 
 
 def payload_nbytes(message) -> int:  # noqa: ANN001 - a flwr Message

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fedpress.console import add_config_arguments, quiet
 from fedpress.errors import FedpressError
-from fedpress.registry import Command
+from fedpress.registry import Command, Lazy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +254,12 @@ COMMANDS = (
         "MMLU accuracy (built-in), or any lm-evaluation-harness task (--tasks)",
         _eval_arguments,
         _eval,
+    ),
+    Command(
+        "plan",
+        "bytes and client memory of a run, before running it (any model size, no weights)",
+        Lazy("fedpress.plan:add_arguments"),
+        Lazy("fedpress.plan:run"),
     ),
     Command("export", "the tuned model as a Hugging Face folder", _export_arguments, _export),
     Command(

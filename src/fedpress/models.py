@@ -275,6 +275,27 @@ def _quantization_config(runtime: RuntimeConfig, placement: Placement):  # noqa:
     )
 
 
+def find_decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The ModuleList of identical decoder layers holding the most parameters, and its path:
+    found without per-architecture tables (`model.layers` in Llama/Qwen2, `transformer.h` in
+    GPT-2)."""
+    best: tuple[int, str, torch.nn.ModuleList] | None = None
+    for path, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size and (best is None or size > best[0]):
+            best = (size, path, module)
+    if best is None:
+        raise FedpressError(
+            f"cannot find the decoder layers of {type(model).__name__}: no list of identical "
+            "modules with parameters"
+        )
+    return best[1], best[2]
+
+
 def lora_target_modules(model: PreTrainedModel, lora: LoraConfig) -> list[str]:
     """Attention projections of the architecture, or what the user listed."""
     if lora.target_modules:

@@ -133,6 +133,10 @@ class Method:
     quantized_base: bool = False
     # Subcommands of its own (CG-FedLLM's `tgap`), listed by `fedpress --help` beside the core's.
     commands: tuple[Command, ...] = ()
+    # `fedpress plan`: (fedpress.plan.Planner) -> fedpress.plan.MethodPlan, the run's messages
+    # round by round and its client's memory, from the model on the meta device (a Lazy);
+    # None: this method cannot be planned.
+    plan: Callable[..., Any] | None = None
 
     @property
     def federated(self) -> bool:

@@ -169,24 +169,33 @@ def answer_logits(
     model: torch.nn.Module, inputs: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits [N, vocab] fp32, their targets [N], their rows [N]) at the N positions that
-    predict an answer token, in row-major order.
+    predict an answer token, in row-major order (`logits_at` computes them)."""
+    shift_labels = inputs["labels"][:, 1:]
+    rows, cols = (shift_labels != IGNORE).nonzero(as_tuple=True)
+    return logits_at(model, inputs, rows, cols), shift_labels[rows, cols], rows
+
+
+def logits_at(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """The fp32 logits predicting the token after each position (rows[i], cols[i]).
 
     The vocabulary projection is the costliest part of scoring a small model (SmolLM2: a fifth
     of the forward pass, and a batch x length x 49k logits tensor); only the few positions
-    that predict answer tokens need it. Same values as slicing the full logits."""
-    shift_labels = inputs["labels"][:, 1:]
-    rows, cols = (shift_labels != IGNORE).nonzero(as_tuple=True)
+    that predict answer tokens need it. Same values as slicing the full logits. (`fedpress
+    plan` runs this on the meta device, without an attention mask, to see what training
+    saves for backward.)"""
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    mask = inputs.get("attention_mask")
     if getattr(causal.config, "model_type", "") in PLAIN_HEAD_MODELS:
         body, head = causal.base_model, causal.get_output_embeddings()
-        hidden = body(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        ).last_hidden_state
-        logits = head(hidden[rows, cols]).float()
-    else:
-        full = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        logits = full.logits[:, :-1][rows, cols].float()
-    return logits, shift_labels[rows, cols], rows
+        hidden = body(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+        return head(hidden[rows, cols]).float()
+    full = model(input_ids=inputs["input_ids"], attention_mask=mask)
+    return full.logits[:, :-1][rows, cols].float()
 
 
 def first_answer_positions(rows: torch.Tensor) -> dict[int, int]:

@@ -10,11 +10,11 @@ The data comes from the node's config: `data-path` (a deployed node's own file, 
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedpress import registry
-from fedpress.flower import node, protocol
+from fedpress.flower import node
 
 app = ClientApp()
 
@@ -66,11 +66,9 @@ def query(msg: Message, context: Context) -> Message:
     node_config = context.node_config
     config = node.received_config(context)
     node.warm_up(context, registry.get(config.method).client_task)
-    info = MetricRecord(
-        {
-            "partition-id": node.partition_id(context, config),
-            "num-partitions": int(node_config.get("num-partitions", -1)),
-            "has-eval": int("eval-path" in node_config),
-        }
+    info = node.node_info(
+        node.partition_id(context, config),
+        int(node_config.get("num-partitions", -1)),
+        "eval-path" in node_config,
     )
-    return Message(RecordDict({protocol.NODE_INFO: info}), reply_to=msg)
+    return Message(info, reply_to=msg)

@@ -61,6 +61,12 @@ class Nodes:
     with_eval: set[int] = field(default_factory=set)
 
 
+def question(run_config: str, slot: int) -> RecordDict:
+    """The first query's content: the run config (JSON), and the client number offered."""
+    instructions = ConfigRecord({protocol.RUN_CONFIG: run_config, protocol.SLOT: slot})
+    return RecordDict({protocol.INSTRUCTIONS: instructions})
+
+
 def connect(grid: Grid, config: RunConfig, stats: RoundStats, sent: RunConfig) -> Nodes:
     """Hand every node the run config `sent` (once per run; it keeps it in Context.state) and
     learn which client number it takes: its partition id, or the number offered here (a node
@@ -70,13 +76,7 @@ def connect(grid: Grid, config: RunConfig, stats: RoundStats, sent: RunConfig) -
     node_ids = wait_for_nodes(grid, config.num_clients, timeout)
     text = sent.to_json()
     questions = [
-        Message(
-            content=RecordDict(
-                {protocol.INSTRUCTIONS: ConfigRecord({protocol.RUN_CONFIG: text, protocol.SLOT: i})}
-            ),
-            message_type=MessageType.QUERY,
-            dst_node_id=n,
-        )
+        Message(content=question(text, i), message_type=MessageType.QUERY, dst_node_id=n)
         for i, n in enumerate(node_ids)
     ]
     stats.bytes_down.extend(message_nbytes(q) for q in questions)

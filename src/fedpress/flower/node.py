@@ -232,6 +232,13 @@ def encode_uplink(
     return record
 
 
+def node_info(partition: int, num_partitions: int, has_eval: bool) -> RecordDict:
+    """The query reply's content: the client number this node takes, and whether it holds
+    held-out data of its own."""
+    info = {"partition-id": partition, "num-partitions": num_partitions, "has-eval": int(has_eval)}
+    return RecordDict({protocol.NODE_INFO: MetricRecord(info)})
+
+
 def train_seed(config: RunConfig, step: int, partition: int) -> int:
     """The batch-order seed of one round (or turn) of one partition."""
     return config.seed * 1_000_003 + step * 1_009 + partition
@@ -307,6 +314,7 @@ __all__ = [
     "has_local_data",
     "holdout",
     "local_eval",
+    "node_info",
     "node_model",
     "own_data",
     "partition_id",

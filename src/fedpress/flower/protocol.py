@@ -16,7 +16,7 @@ import re
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedpress.errors import FedpressError
 
@@ -75,6 +75,13 @@ def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
     import torch
 
     return {name: torch.from_numpy(np.array(a.numpy(), copy=True)) for name, a in record.items()}
+
+
+def train_content(records: dict, server_round: int, **instructions: object) -> RecordDict:
+    """A train message's content: the method's `records`, and its instructions (the round,
+    and what else the method tells its client)."""
+    config = ConfigRecord({SERVER_ROUND: server_round, **instructions})
+    return RecordDict({**records, INSTRUCTIONS: config})
 
 
 def make_codec(name: str, options: CodecConfig, *, uplink: bool) -> Codec:

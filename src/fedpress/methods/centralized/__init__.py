@@ -16,6 +16,7 @@ register(
         about="LoRA on the pooled client data (reference)",
         reads=("lora", "federation.fraction_train"),
         local=Lazy("fedpress.methods.centralized.runs:run_centralized"),
+        plan=Lazy("fedpress.methods.centralized.runs:plan"),
         quantized_base=True,
     )
 )
@@ -25,6 +26,7 @@ register(
         about="full-parameter tuning on the pooled client data (reference)",
         reads=("federation.fraction_train",),
         local=Lazy("fedpress.methods.centralized.runs:run_centralized_full"),
+        plan=Lazy("fedpress.methods.centralized.runs:plan"),
     )
 )
 register(
@@ -40,6 +42,7 @@ register(
         ),
         reads_when=lora_when_peft,
         local=Lazy("fedpress.methods.centralized.runs:run_centralized_cyclic"),
+        plan=Lazy("fedpress.methods.centralized.runs:plan"),
         validate=check_cybgd,
     )
 )

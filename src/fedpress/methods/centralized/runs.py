@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedpress.config import RunConfig
 from fedpress.memory import training_memory
@@ -18,6 +18,9 @@ from fedpress.methods.fedcybgd.turns import (
 )
 from fedpress.task import LoraTask, build_task
 from fedpress.training import Encoded, TrainResult
+
+if TYPE_CHECKING:
+    from fedpress.plan import MethodPlan, Planner
 
 
 def _steps_per_round(task: LoraTask):  # noqa: ANN202
@@ -87,3 +90,18 @@ def run_centralized_cyclic(
         weights_file=weights,
         extra=lambda: {"client_steps_total": steps},
     )
+
+
+def plan(planner: Planner) -> MethodPlan:
+    """`fedpress plan` of a reference: no messages; the process trains the LoRA task, the
+    whole model, or (cyclic) the lowest trainable block, beside the seeded initial state."""
+    from fedpress.methods.fedcybgd.plan import block_memory, model_and_blocks
+    from fedpress.plan import MethodPlan
+
+    config = planner.config
+    if config.method == "centralized-cyclic":
+        model, layout = model_and_blocks(planner)
+        return MethodPlan({}, block_memory(planner, model, layout, 0, 0))
+    model = planner.lora_model() if config.method == "centralized" else planner.base_model()
+    initial = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return MethodPlan({}, planner.memory(model, held=initial))

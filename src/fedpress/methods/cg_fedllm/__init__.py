@@ -44,6 +44,7 @@ METHOD = register(
         codec_label=codec_label,
         quantized_base=True,
         report_tables=Lazy("fedpress.methods.cg_fedllm.report:tables"),
+        plan=Lazy("fedpress.methods.cg_fedllm.plan:plan"),
         server_files=("autoencoder.checkpoint", "autoencoder.snapshots_from"),
         commands=(
             Command(

@@ -58,6 +58,13 @@ def adapt_round(config: RunConfig, server_round: int) -> bool:
     return every > 0 and server_round % every == 0
 
 
+def shipped_meta(meta: dict[str, Any], width: int, version: int) -> ConfigRecord:
+    """What a client must know of the autoencoder it is shipped: its architecture, rate,
+    latent dtype, input gain, the layout's width, and the version."""
+    shipped = {k: meta[k] for k in _SHIPPED_META_KEYS}
+    return ConfigRecord({"json": json.dumps({**shipped, "width": width, "version": version})})
+
+
 class CgFedLLMServer(LoraFedAvgServer):
     # With privacy, TGAP and adaptation (raw updates) are refused (cg_fedllm.check): the only
     # uploads are FAF's latents, which the mechanism covers.
@@ -123,9 +130,7 @@ class CgFedLLMServer(LoraFedAvgServer):
         # Encoder and decoder: the client fits its per-tensor scales on what the server will
         # decode, and error feedback needs the same reconstruction.
         self.ship_weights = protocol.tensors_to_record(dict(model.state_dict()))
-        shipped = {k: meta[k] for k in _SHIPPED_META_KEYS}
-        shipped["width"] = self.uplink_codec.layout.width
-        self.ship_meta = ConfigRecord({"json": json.dumps({**shipped, "version": self.version})})
+        self.ship_meta = shipped_meta(meta, self.uplink_codec.layout.width, self.version)
 
     def downlink_record(self, node: int, arrays: ArrayRecord) -> dict[str, Any]:
         records = super().downlink_record(node, arrays)

@@ -25,7 +25,6 @@ import torch
 from flwr.app import (
     Array,
     ArrayRecord,
-    ConfigRecord,
     Context,
     Message,
     MessageType,
@@ -53,6 +52,7 @@ log = logging.getLogger("fedpress")
 
 SNAPSHOTS = "tgap-snapshots"
 TGAP_METRICS = "tgap-metrics"
+TGAP_MESSAGE = f"{MessageType.TRAIN}.{TGAP_PHASE}"
 
 
 # --------------------------------------------------------------------------- client side
@@ -100,15 +100,19 @@ def client_tgap(msg: Message, context: Context, config: RunConfig) -> Message:
             for i, snap in enumerate(snapshots)
         }
     )
-    metrics = MetricRecord(
-        {
-            "num-snapshots": len(snapshots),
-            "train-loss": loss,
-            "train-s": time.perf_counter() - started,
-            "partition-id": partition_id,
-        }
-    )
-    return Message(RecordDict({SNAPSHOTS: record, TGAP_METRICS: metrics}), reply_to=msg)
+    seconds = time.perf_counter() - started
+    return Message(tgap_reply(record, loss, seconds, partition_id), reply_to=msg)
+
+
+def tgap_reply(record: ArrayRecord, loss: float, seconds: float, partition: int) -> RecordDict:
+    """A TGAP reply's content: the snapshots (one packed fp16 payload each) and metrics."""
+    metrics = {
+        "num-snapshots": len(record),
+        "train-loss": loss,
+        "train-s": seconds,
+        "partition-id": partition,
+    }
+    return RecordDict({SNAPSHOTS: record, TGAP_METRICS: MetricRecord(metrics)})
 
 
 # --------------------------------------------------------------------------- server side
@@ -145,14 +149,9 @@ def read_snapshots(reply: Message, shapes, config: RunConfig) -> list[dict[str, 
 
 def collect_snapshots(grid, config: RunConfig, partitions: dict[int, int], shapes) -> tuple:  # noqa: ANN001
     """Ask every client for its D1 snapshots; returns (snapshots, bytes_up, bytes_down, s)."""
-    instructions = ConfigRecord({protocol.SERVER_ROUND: 0})
     messages = [
-        Message(
-            content=RecordDict({protocol.INSTRUCTIONS: instructions}),
-            message_type=f"{MessageType.TRAIN}.{TGAP_PHASE}",
-            dst_node_id=node_id,
-        )
-        for node_id in sorted(partitions)
+        Message(content=protocol.train_content({}, 0), message_type=TGAP_MESSAGE, dst_node_id=n)
+        for n in sorted(partitions)
     ]
     bytes_down = [message_nbytes(m) for m in messages]
     bytes_up, pooled, client_s = [], [], 0.0

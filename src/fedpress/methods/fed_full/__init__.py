@@ -19,5 +19,6 @@ METHOD = register(
         server=Lazy("fedpress.methods.fed_full.task:build_server"),
         client_task=Lazy("fedpress.methods.fed_full.task:build_full_task"),
         client=LORA_CLIENT,
+        plan=Lazy("fedpress.methods.fed_full.task:plan"),
     )
 )

@@ -9,11 +9,15 @@ run full-parameter tuning unchanged. FedCyBGD narrows what is trainable turn by 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedpress.config import RunConfig
 from fedpress.methods.lora_fedavg.server import LoraFedAvgServer
 from fedpress.models import adapter_state, load_base_model, load_tokenizer, resolve_placement
 from fedpress.task import BUILD_LOCK, LoraTask
+
+if TYPE_CHECKING:
+    from fedpress.plan import MethodPlan, Planner
 
 _CACHE: dict[str, LoraTask] = {}
 
@@ -46,3 +50,10 @@ def build_server(config: RunConfig, out_dir: Path) -> LoraFedAvgServer:
     server = LoraFedAvgServer(config, build_full_task(config), out_dir)
     server.weights_file = "model.safetensors"
     return server
+
+
+def plan(planner: Planner) -> MethodPlan:
+    """`fedpress plan`: LoRA-FedAvg's plan with the whole model as the state."""
+    from fedpress.methods.lora_fedavg.plan import plan_lora_shaped
+
+    return plan_lora_shaped(planner, planner.base_model(), {})

@@ -35,5 +35,6 @@ METHOD = register(
         },
         validate=check,
         quantized_base=True,
+        plan=Lazy("fedpress.methods.fed_sb.plan:plan"),
     )
 )

@@ -3,12 +3,12 @@ LoRA-FedAvg's round (or evaluation) on the task whose trainable tensors are the 
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
 from fedpress.methods.fed_sb.init import one_off_codec
-from fedpress.methods.fed_sb.server import FROZEN
+from fedpress.methods.fed_sb.server import FROZEN, installed
 from fedpress.methods.fed_sb.task import build_sb_task, frozen_shapes, install_frozen
 from fedpress.methods.lora_fedavg import client as lora_client
 from fedpress.task import LoraTask
@@ -20,7 +20,7 @@ def install(msg: Message, context: Context, config: RunConfig) -> Message:
         raise ValueError(f"no '{FROZEN}' record in the install message")
     context.state[FROZEN] = msg.content[FROZEN]
     with_frozen(context, config)
-    return Message(RecordDict({"fedsb-installed": MetricRecord({"ok": 1})}), reply_to=msg)
+    return Message(installed(), reply_to=msg)
 
 
 def with_frozen(context: Context, config: RunConfig) -> LoraTask:
@@ -29,7 +29,9 @@ def with_frozen(context: Context, config: RunConfig) -> LoraTask:
         raise ValueError("fed-sb: this node has not received the frozen A and B")
     task = build_sb_task(config)
     codec = one_off_codec(config)
-    install_frozen(task, protocol.decode_record(codec, context.state[FROZEN], frozen_shapes(task)))
+    install_frozen(
+        task, protocol.decode_record(codec, context.state[FROZEN], frozen_shapes(task.model))
+    )
     return task
 
 

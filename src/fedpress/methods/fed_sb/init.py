@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import (
     ArrayRecord,
-    ConfigRecord,
     Context,
     Message,
     MessageType,
@@ -56,17 +55,17 @@ log = logging.getLogger("fedpress")
 
 FACTORS = "fedsb-factors"
 INIT_METRICS = "fedsb-init-metrics"
+INIT_MESSAGE = f"{MessageType.TRAIN}.{INIT_PHASE}"
 
 
 def one_off_codec(config: RunConfig) -> Codec:
     return protocol.make_codec(config.fedsb.one_off_codec, config.codec, uplink=False)
 
 
-def factor_shapes(task: LoraTask) -> dict[str, tuple[int, ...]]:
+def factor_shapes(model: torch.nn.Module, rank: int) -> dict[str, tuple[int, ...]]:
     """`<layer>.P` (out x r) and `<layer>.Q` (in x r) of every adapted module."""
-    rank = task.config.lora.r
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, layer in sb_layers(task.model).items():
+    for name, layer in sb_layers(model).items():
         out_features, in_features = first_step_shape(layer)
         shapes[f"{name}.P"] = (out_features, rank)
         shapes[f"{name}.Q"] = (in_features, rank)
@@ -104,7 +103,7 @@ def first_step(task: LoraTask, data: list[Encoded]) -> dict[str, torch.Tensor]:
     finally:
         for weight in weights.values():
             weight.requires_grad_(False)
-        freeze_a_and_b(task)  # leaving disable_adapter() made A and B trainable again
+        freeze_a_and_b(task.model)  # leaving disable_adapter() made A and B trainable again
         task.model.zero_grad(set_to_none=True)
     steps = {}
     for name, layer in layers.items():
@@ -135,15 +134,18 @@ def client_first_step(msg: Message, context: Context, config: RunConfig) -> Mess
     for name, step in first_step(task, data).items():
         p, q = truncated_factors(step, config.lora.r, config.fedsb.svd_iterations, config.seed)
         factors[f"{name}.P"], factors[f"{name}.Q"] = p, q
-    record = protocol.encode_record(one_off_codec(config), factors, factor_shapes(task))
-    metrics = MetricRecord(
-        {
-            "num-examples": len(data),
-            "train-s": time.perf_counter() - started,
-            "partition-id": partition,
-        }
-    )
-    return Message(RecordDict({FACTORS: record, INIT_METRICS: metrics}), reply_to=msg)
+    shapes = factor_shapes(task.model, config.lora.r)
+    record = protocol.encode_record(one_off_codec(config), factors, shapes)
+    content = first_step_reply(record, len(data), time.perf_counter() - started, partition)
+    return Message(content, reply_to=msg)
+
+
+def first_step_reply(
+    record: ArrayRecord, examples: int, seconds: float, partition: int
+) -> RecordDict:
+    """A first-step reply's content: the factors, and what the server checks them by."""
+    metrics = {"num-examples": examples, "train-s": seconds, "partition-id": partition}
+    return RecordDict({FACTORS: record, INIT_METRICS: MetricRecord(metrics)})
 
 
 # --------------------------------------------------------------------------- server side
@@ -184,7 +186,8 @@ def read_factors(reply: Message, task: LoraTask, codec: Codec) -> tuple[float, d
     examples = content.metric_records[INIT_METRICS].get("num-examples")
     if not isinstance(examples, int) or not 1 <= examples <= task.config.fedsb.init_examples:
         raise PayloadError(f"claims {examples!r} examples")
-    factors = protocol.decode_record(codec, content.array_records[FACTORS], factor_shapes(task))
+    shapes = factor_shapes(task.model, task.config.lora.r)
+    factors = protocol.decode_record(codec, content.array_records[FACTORS], shapes)
     return float(examples), factors
 
 
@@ -200,7 +203,7 @@ def random_start(task: LoraTask) -> FirstStep:
     model starts as the base and no client's data shaped the frozen pair."""
     config, rank = task.config, task.config.lora.r
     generator = torch.Generator().manual_seed(config.seed * 7_919 + 17)
-    shapes = frozen_shapes(task)
+    shapes = frozen_shapes(task.model)
     frozen: dict[str, torch.Tensor] = {}
     initial_r: dict[str, torch.Tensor] = {}
     for name in sb_layers(task.model):
@@ -210,20 +213,23 @@ def random_start(task: LoraTask) -> FirstStep:
     return FirstStep(protocol.encode_record(one_off_codec(config), frozen, shapes), initial_r)
 
 
+def init_clients(config: RunConfig, partitions: list[int]) -> list[int]:
+    """The partitions whose first step A and B come from (drawn from the run's seed)."""
+    chosen = random.Random(config.seed + 29).sample(sorted(partitions), config.fedsb.init_clients)
+    return sorted(chosen)
+
+
 def run_first_step(grid: Grid, task: LoraTask, partitions: dict[int, int]) -> FirstStep:
     """The one-off phase inside the ServerApp: ask the init clients, combine, return A, B, R0."""
     config = task.config
     by_partition = {p: n for n, p in partitions.items()}
-    chosen = sorted(
-        random.Random(config.seed + 29).sample(sorted(by_partition), config.fedsb.init_clients)
-    )
     messages = [
         Message(
-            content=RecordDict({protocol.INSTRUCTIONS: ConfigRecord({protocol.SERVER_ROUND: 0})}),
-            message_type=f"{MessageType.TRAIN}.{INIT_PHASE}",
+            content=protocol.train_content({}, 0),
+            message_type=INIT_MESSAGE,
             dst_node_id=by_partition[p],
         )
-        for p in chosen
+        for p in init_clients(config, list(by_partition))
     ]
     result = FirstStep(ArrayRecord(), {}, bytes_down=[message_nbytes(m) for m in messages])
     codec = one_off_codec(config)
@@ -253,5 +259,5 @@ def run_first_step(grid: Grid, task: LoraTask, partitions: dict[int, int]) -> Fi
         frozen[f"{name}.A"], frozen[f"{name}.B"] = a, b
         result.initial_r[f"{name}.{ADAPTER_R}"] = torch.diag(sigma / scale)
     # What every node will install, and the server too: the pair through the one-off codec.
-    result.frozen = protocol.encode_record(codec, frozen, frozen_shapes(task))
+    result.frozen = protocol.encode_record(codec, frozen, frozen_shapes(task.model))
     return result

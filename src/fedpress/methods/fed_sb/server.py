@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedpress.accounting import message_nbytes
@@ -38,6 +38,12 @@ log = logging.getLogger("fedpress")
 
 FROZEN = "fedsb-frozen"  # server -> node, once: A and B as the one-off codec encoded them
 FROZEN_STATE = "fedsb-frozen-payload"  # checkpoint: the same bytes, so a resumed run ships them
+INSTALL_MESSAGE = f"{MessageType.TRAIN}.{INSTALL_PHASE}"
+
+
+def installed() -> RecordDict:
+    """A node's answer to the install message."""
+    return RecordDict({"fedsb-installed": MetricRecord({"ok": 1})})
 
 
 class FedSBServer(LoraFedAvgServer):
@@ -67,16 +73,15 @@ class FedSBServer(LoraFedAvgServer):
         self.ship_frozen(grid, stats)
 
     def decoded_frozen(self) -> dict[str, torch.Tensor]:
-        shapes = frozen_shapes(self.task)
+        shapes = frozen_shapes(self.task.model)
         return protocol.decode_record(one_off_codec(self.config), self.frozen, shapes)
 
     def ship_frozen(self, grid: Grid, stats: RoundStats) -> None:
         """A and B to every node, once per run (and again after a resume: new processes)."""
-        instructions = ConfigRecord({protocol.SERVER_ROUND: 0})
         messages = [
             Message(
-                content=RecordDict({FROZEN: self.frozen, protocol.INSTRUCTIONS: instructions}),
-                message_type=f"{MessageType.TRAIN}.{INSTALL_PHASE}",
+                content=protocol.train_content({FROZEN: self.frozen}, 0),
+                message_type=INSTALL_MESSAGE,
                 dst_node_id=node_id,
             )
             for node_id in sorted(self.partitions)

@@ -55,26 +55,32 @@ def build_sb_task(config: RunConfig) -> LoraTask:
         if not layers:
             raise ValueError("fed-sb found no LoRA layers in the model (lora.target_modules)")
         if not isinstance(next(iter(layers.values())).lora_A[ADAPTER], AThenR):
-            for layer in layers.values():
-                layer.lora_A[ADAPTER] = AThenR(layer.lora_A[ADAPTER], config.lora.r)
-            freeze_a_and_b(task)
+            to_lora_sb(task.model, config.lora.r)
             task.initial_adapter = adapter_state(task.model)
         return task
 
 
-def freeze_a_and_b(task: LoraTask) -> None:
+def to_lora_sb(model: nn.Module, rank: int) -> None:
+    """Put an R after every adapter's A, and train only the R's (`fedpress plan` does this to
+    the model on the meta device)."""
+    for layer in sb_layers(model).values():
+        layer.lora_A[ADAPTER] = AThenR(layer.lora_A[ADAPTER], rank)
+    freeze_a_and_b(model)
+
+
+def freeze_a_and_b(model: nn.Module) -> None:
     """Only the R's train. (PEFT makes an adapter's every tensor trainable again whenever it
     re-enables the adapter, as after `disable_adapter()`: call this after such a block.)"""
-    for layer in sb_layers(task.model).values():
+    for layer in sb_layers(model).values():
         layer.lora_A[ADAPTER].a.weight.requires_grad_(False)
         layer.lora_A[ADAPTER].r.weight.requires_grad_(True)
         layer.lora_B[ADAPTER].weight.requires_grad_(False)
 
 
-def frozen_shapes(task: LoraTask) -> dict[str, tuple[int, ...]]:
+def frozen_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Shapes of the frozen tensors, `<layer>.A` (r x in) and `<layer>.B` (out x r)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, layer in sb_layers(task.model).items():
+    for name, layer in sb_layers(model).items():
         shapes[f"{name}.A"] = tuple(layer.lora_A[ADAPTER].a.weight.shape)
         shapes[f"{name}.B"] = tuple(layer.lora_B[ADAPTER].weight.shape)
     return shapes
@@ -83,7 +89,7 @@ def frozen_shapes(task: LoraTask) -> dict[str, tuple[int, ...]]:
 def install_frozen(task: LoraTask, frozen: dict[str, torch.Tensor]) -> None:
     """Put the run's A and B into the model (every process installs the same decoded ones)."""
     layers = sb_layers(task.model)
-    expected = frozen_shapes(task)
+    expected = frozen_shapes(task.model)
     if set(frozen) != set(expected):
         raise ValueError("the frozen A and B do not match this model's LoRA layers")
     with torch.no_grad():

@@ -48,5 +48,6 @@ METHOD = register(
         validate=check_cybgd,
         codec_label=codec_label,
         report_tables=Lazy("fedpress.methods.fedcybgd.report:tables"),
+        plan=Lazy("fedpress.methods.fedcybgd.plan:plan"),
     )
 )

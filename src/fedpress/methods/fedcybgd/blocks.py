@@ -3,9 +3,8 @@
 A block is one decoder layer (all parameters under `<layers>.<i>.`); the parameters outside
 the layers form two extra blocks, `embeddings` (everything before the first layer: token and
 position embeddings) and `head` (everything after the last: final norm, untied LM head). The
-decoder layers are found without per-architecture tables: the model's `nn.ModuleList` of
-identical modules holding the most parameters (`model.layers` in Llama/Qwen2, `transformer.h`
-in GPT-2). Names are those of `named_parameters()`, so tied weights appear once.
+decoder layers are found without per-architecture tables (`models.find_decoder_layers`).
+Names are those of `named_parameters()`, so tied weights appear once.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from fedpress.errors import FedpressError
+from fedpress.models import find_decoder_layers
 
 
 @dataclass(frozen=True)
@@ -40,25 +40,6 @@ class BlockLayout:
 
     def layer_blocks(self) -> list[Block]:
         return [b for b in self.blocks if b.layer is not None]
-
-
-def find_decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
-    """The ModuleList of identical decoder layers holding the most parameters."""
-    best: tuple[int, str, torch.nn.ModuleList] | None = None
-    for path, module in model.named_modules():
-        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(child) for child in module}) != 1:
-            continue
-        size = sum(p.numel() for p in module.parameters())
-        if size and (best is None or size > best[0]):
-            best = (size, path, module)
-    if best is None:
-        raise FedpressError(
-            f"cannot find the decoder layers of {type(model).__name__}: no list of identical "
-            "modules with parameters"
-        )
-    return best[1], best[2]
 
 
 def find_blocks(

@@ -109,10 +109,15 @@ class SyncTracker:
         self.syncs[node] = self.syncs.get(node, 0) + 1
 
 
+def kept(count: int, ratio: float) -> int:
+    """How many of `count` entries pruning at `ratio` keeps."""
+    return count - int(ratio * count)
+
+
 def prune(tensor: torch.Tensor, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """(packed bitmask, kept values in flat order) of the largest-magnitude entries."""
     flat = tensor.detach().to(torch.float32).reshape(-1)
-    keep = flat.numel() - int(ratio * flat.numel())
+    keep = kept(flat.numel(), ratio)
     mask = torch.zeros(flat.numel(), dtype=torch.bool)
     mask[torch.topk(flat.abs(), keep, sorted=False).indices] = True
     return np.packbits(mask.numpy()), flat[mask].numpy()
@@ -143,6 +148,17 @@ def encode_download(
         arrays[name + MASK] = Array(bits)
         arrays[name + VALUES] = Array(values)
     return ArrayRecord(arrays)
+
+
+def planned_download(download: Download, ratio: float) -> ArrayRecord:
+    """What `encode_download` sends for this download, planned (`fedpress plan`): shapes only."""
+    from fedpress.flower.planning import PlannedArray, arrays_record
+
+    arrays = {n: PlannedArray("float32", tuple(t.shape)) for n, t in download.tensors.items()}
+    for name, t in download.pruned.items():
+        arrays[name + MASK] = PlannedArray("uint8", ((t.numel() + 7) // 8,))
+        arrays[name + VALUES] = PlannedArray("float32", (kept(t.numel(), ratio),))
+    return arrays_record(arrays)
 
 
 def decode_download(

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from fedpress.accounting import message_nbytes
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
 from fedpress.flower.server import Accepted, FederatedServer, InvalidReply
-from fedpress.methods.fedcybgd.download import SyncTracker, encode_download
+from fedpress.methods.fedcybgd.download import Download, SyncTracker, encode_download
 from fedpress.methods.fedcybgd.turns import (
     Turn,
     cybgd_task,
@@ -31,6 +31,29 @@ log = logging.getLogger("fedpress")
 
 MODEL = "cybgd-model"  # server -> client: the (compressed) model for this turn
 BLOCK, TURN, DROPPED, SYNCS, TOKEN = "block", "turn", "dropped", "syncs", "token"
+
+
+def turn_content(
+    record: ArrayRecord,
+    server_round: int,
+    turn: Turn,
+    download: Download,
+    tracker: SyncTracker,
+    node: int,
+    token: str,
+) -> RecordDict:
+    """A turn's message: the download and what the client must know to train its block."""
+    return protocol.train_content(
+        {MODEL: record},
+        server_round,
+        **{
+            BLOCK: turn.block,
+            TURN: turn.number,
+            DROPPED: json.dumps(download.dropped),
+            SYNCS: tracker.syncs.get(node, 0) if tracker.delta_sync else 0,
+            TOKEN: token,
+        },
+    )
 
 
 class FedCyBGDServer(FederatedServer):
@@ -92,23 +115,12 @@ class FedCyBGDServer(FederatedServer):
         for node in nodes:
             download = self.tracker.plan(node, block, self.state)
             record = encode_download(download, self.tracker.prune_ratio, self.prune_base)
-            instructions = ConfigRecord(
-                {
-                    protocol.SERVER_ROUND: server_round,
-                    BLOCK: block.index,
-                    TURN: exchange.number,
-                    DROPPED: json.dumps(download.dropped),
-                    SYNCS: self.tracker.syncs.get(node, 0) if self.tracker.delta_sync else 0,
-                    TOKEN: self.token,
-                }
+            content = turn_content(
+                record, server_round, exchange, download, self.tracker, node, self.token
             )
             self.inflight[node] = download
             messages.append(
-                Message(
-                    content=RecordDict({MODEL: record, protocol.INSTRUCTIONS: instructions}),
-                    message_type=MessageType.TRAIN,
-                    dst_node_id=node,
-                )
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )
         return messages
 

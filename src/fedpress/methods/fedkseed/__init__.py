@@ -23,5 +23,6 @@ METHOD = register(
         client_task=Lazy("fedpress.methods.fedkseed.replay:build_kseed_task"),
         client={"": Lazy("fedpress.methods.fedkseed.client:train")},
         validate=check,
+        plan=Lazy("fedpress.methods.fedkseed.plan:plan"),
     )
 )

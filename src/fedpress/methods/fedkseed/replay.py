@@ -187,24 +187,31 @@ class ZerothOrderRound:
     skipped_steps: int
 
 
+def seed_draws(pool: int, steps: int, seed: int, probabilities: torch.Tensor | None) -> list[int]:
+    """The pool entries a turn of `steps` steps draws, one a step: uniformly, or (Pro) by
+    `probabilities`, from a generator seeded with the turn's seed."""
+    draw = torch.Generator().manual_seed(seed)
+    if probabilities is None:
+        return [int(torch.randint(pool, (1,), generator=draw)) for _ in range(steps)]
+    return [int(torch.multinomial(probabilities, 1, generator=draw)) for _ in range(steps)]
+
+
 def zeroth_order_round(
     task: KSeedTask, data: list[Encoded], steps: int, seed: int, probabilities: torch.Tensor | None
 ) -> ZerothOrderRound:
     """`steps` two-point zeroth-order steps on batches of `data`; the weights move in place."""
     config = task.config
-    eps, lr, k = config.fedkseed.eps, config.train.lr, config.fedkseed.seeds
-    draw = torch.Generator().manual_seed(seed)
+    eps, lr = config.fedkseed.eps, config.train.lr
+    draws = seed_draws(config.fedkseed.seeds, steps, seed, probabilities)
     params = task.parameters()
     sums: dict[int, float] = {}
     losses: list[float] = []
     skipped = seen = 0
     start = time.perf_counter()
     with torch.no_grad():
-        for rows in batch_rows(len(data), config.train.batch_size, steps, seed):
-            if probabilities is None:
-                index = int(torch.randint(k, (1,), generator=draw))
-            else:
-                index = int(torch.multinomial(probabilities, 1, generator=draw))
+        for rows, index in zip(
+            batch_rows(len(data), config.train.batch_size, steps, seed), draws, strict=True
+        ):
             direction = z_seed(config, index)
             batch = collate([data[i] for i in rows], task.pad_id, task.device)
             add_direction(params, direction, eps)

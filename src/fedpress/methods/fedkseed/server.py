@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
@@ -47,12 +47,10 @@ class FedKSeedServer(FederatedServer):
         for node in nodes:
             first = self.sent.get(node, 0)
             missing = self.history.since(first)
-            instructions = ConfigRecord({protocol.SERVER_ROUND: server_round, FIRST_ROUND: first})
-            content = RecordDict(
-                {
-                    ROUNDS: protocol.tensors_to_record(missing.as_arrays()),
-                    protocol.INSTRUCTIONS: instructions,
-                }
+            content = protocol.train_content(
+                {ROUNDS: protocol.tensors_to_record(missing.as_arrays())},
+                server_round,
+                **{FIRST_ROUND: first},
             )
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)

@@ -20,6 +20,7 @@ METHOD = register(
         server=Lazy("fedpress.methods.ffa_lora.task:build_server"),
         client_task=Lazy("fedpress.methods.ffa_lora.task:build_ffa_task"),
         client=LORA_CLIENT,
+        plan=Lazy("fedpress.methods.ffa_lora.task:plan"),
         quantized_base=True,
     )
 )

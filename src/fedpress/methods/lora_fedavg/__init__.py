@@ -30,5 +30,6 @@ METHOD = register(
         client=LORA_CLIENT,
         reference=True,
         quantized_base=True,
+        plan=Lazy("fedpress.methods.lora_fedavg.plan:plan"),
     )
 )
