@@ -31,6 +31,7 @@ from fedpress.privacy import (
     update_norm,
 )
 from fedpress.task import build_task
+from plan_check import assert_plan_matches
 
 TINY = ["tiny-llama", "tiny-gpt2", "tiny-qwen2"]
 FAST_AE = [
@@ -218,6 +219,7 @@ def test_cg_fedllm_runs_tgap_then_faf_and_writes_everything(tmp_path):
     )
     out = tmp_path / "run"
     summary = simulate(config, out)
+    assert_plan_matches(out)  # TGAP, the shipped and re-shipped autoencoder, latents, fp16
     for name in ("summary.json", "metrics.jsonl", "curves.png", "adapter.safetensors"):
         assert (out / name).is_file()
     for name in (

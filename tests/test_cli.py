@@ -9,6 +9,7 @@ import tomllib
 import pytest
 
 from fedpress.config import RunConfig
+from plan_check import assert_plan_matches
 
 SUMMARY_KEYS = {
     "method",
@@ -110,6 +111,7 @@ def test_two_client_lora_fedavg_run_writes_everything(tmp_path):
     # Both memory figures; the peak includes the weights training adds to (this check was in
     # the FFA-LoRA test while it ran a LoRA-FedAvg simulation beside its own).
     assert summary["client_peak_mem_bytes"] > summary["client_train_mem_bytes"] > 0
+    assert_plan_matches(out)  # `fedpress plan` of its config.toml: the same messages and bytes
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)
@@ -134,6 +136,7 @@ def test_centralized_reference_run(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "centralized" and summary["bytes_up_total"] == 0
     assert len(read_rounds(out)) == 3
+    assert_plan_matches(out)
 
 
 @pytest.mark.parametrize(

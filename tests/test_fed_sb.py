@@ -28,6 +28,7 @@ from fedpress.methods.fed_sb.task import (
     scaling,
 )
 from fedpress.training import answer_loss, collate
+from plan_check import assert_plan_matches
 
 SETTING = [
     "method=fed-sb",
@@ -190,6 +191,7 @@ def test_a_fed_sb_run_sends_only_r_and_a_resumed_run_rebuilds_the_same_model(tmp
     config = load_config(None, [*SETTING, "fedsb.one_off_codec=int8", "uplink_codec=int8"])
     out = tmp_path / "run"
     summary = simulate(config, out)
+    assert_plan_matches(out)  # before the resume below adds its own round-0 messages
     for name in (
         "config.toml",
         "metrics.jsonl",

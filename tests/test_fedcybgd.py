@@ -26,6 +26,7 @@ from fedpress.methods.fedcybgd.server import BLOCK, TURN
 from fedpress.methods.fedcybgd.turns import task_layout, train_block, turn_seed
 from fedpress.models import config_of
 from fresh_interpreter import logits_elsewhere, logits_here
+from plan_check import assert_plan_matches
 
 # partition -> how its reply is corrupted (partition 0 is honest). With 2 decoder layers and
 # 4 turns in ascending order: p0 trains layer 0, p1 layer 1, p2 layer 0, p3 layer 1.
@@ -132,6 +133,7 @@ def test_fed_full_writes_a_loadable_full_model(tmp_path):
     )
     out = tmp_path / "run"
     summary = simulate(config, out)
+    assert_plan_matches(out)
     state = load_file(out / "model.safetensors")
     model = AutoModelForCausalLM.from_config(config_of("tiny-gpt2"))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -164,6 +166,7 @@ def test_centralized_cyclic_trains_only_its_blocks_in_peft_mode(tmp_path):
         ],
     )
     summary = run_centralized_cyclic(config, tmp_path)
+    assert_plan_matches(tmp_path)
     adapter = load_file(tmp_path / "adapter.safetensors")
     from fedpress.task import build_task
 
@@ -247,6 +250,7 @@ def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, mo
         ],
     )
     summary = simulate(config, tmp_path / "run", client_app=spy_app)
+    assert_plan_matches(tmp_path / "run")  # pruned changes of frozen blocks, delta-synced
     assert summary["turns_failed"] == 0
     assert summary["download_bytes_per_turn"]["later_mean"] < 0.5 * summary["full_model_bytes"]
 

@@ -23,6 +23,7 @@ from fedpress.methods.fedkseed.replay import (
     z_seed,
     zeroth_order_round,
 )
+from plan_check import assert_plan_matches
 
 SETTING = [
     "method=fedkseed",
@@ -154,6 +155,7 @@ def test_the_run_replays_to_the_same_bits_everywhere_and_resumes(tmp_path):
     config = load_config(None, SETTING)
     out = tmp_path / "run"
     summary = simulate(config, out)
+    assert_plan_matches(out)  # before the resume below adds its own round-0 messages
     for name in ("config.toml", "metrics.jsonl", "summary.json", "model.safetensors"):
         assert (out / name).is_file(), name
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

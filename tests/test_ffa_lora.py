@@ -14,6 +14,7 @@ from fedpress.flower import protocol
 from fedpress.flower.simulation import simulate
 from fedpress.methods.ffa_lora.task import build_ffa_task
 from fedpress.task import build_task
+from plan_check import assert_plan_matches
 
 pytestmark = pytest.mark.slow  # real Flower runs (simulation or deployment)
 
@@ -31,6 +32,7 @@ SETTING = [
 def test_ffa_lora_sends_only_b_and_at_most_0_6_of_lora_fedavgs_uplink(tmp_path):
     config = load_config(None, [*SETTING, "method=ffa-lora"])
     ffa = simulate(config, tmp_path / "ffa")
+    assert_plan_matches(tmp_path / "ffa")
     # LoRA-FedAvg's uncompressed reply carries the whole adapter (A and B) as fp32: what its
     # uplink would be in the same setting, from the same message accounting.
     full = build_task(load_config(None, SETTING)).initial_adapter

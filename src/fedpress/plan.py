@@ -235,10 +235,13 @@ class Planner:
         messages: int = 0,
         optimizer: bool = True,
         backward: bool = True,
+        fp32_master: bool = False,
     ) -> MemoryPlan:
         """The client's peak training `model` (its trainable parameters are what trains),
         holding `held` bytes of its own copies and receiving `messages` bytes: as configured,
-        with gradient checkpointing, and (an adapter over a frozen base) with a 4-bit base."""
+        with gradient checkpointing, and (an adapter over a frozen base) with a 4-bit base.
+        `fp32_master`: the trainable parameters train as an fp32 copy that replaces them for
+        the turn (their gradients and moments fp32), computing in the model's dtype."""
         from dataclasses import replace
 
         from fedpress import registry
@@ -252,37 +255,40 @@ class Planner:
         )
 
         trainable = [p for p in model.parameters() if p.requires_grad]
-        state = sum(p.numel() * p.element_size() for p in trainable)
+        state = sum(p.numel() * (4 if fp32_master else p.element_size()) for p in trainable)
+        master = state - sum(p.numel() * p.element_size() for p in trainable)
         batch = self.config.train.batch_size
         saved = saved_activations(model, batch, self.seq_len, batch * self.answer_tokens)
         cpu = self.device == "cpu"
-        checkpointing = self.config.train.gradient_checkpointing
+        quantize = self.config.runtime.quantize
         planned = PlannedMemory(
-            weights=planned_weight_bytes(model, self.config.runtime.quantize),
+            weights=planned_weight_bytes(model, quantize) + master,
             gradients=state if backward else 0,
             optimizer=2 * state if optimizer else 0,
-            activations=(saved.checkpointed if checkpointing else saved.total) if backward else 0,
+            activations=saved.total if backward else 0,
             # Host memory: in a CUDA client's peak (the allocator's) only on CPU.
             held=held if cpu else 0,
             messages=int(ENGINE_MESSAGE_COPIES * messages) if cpu else 0,
             runtime=CPU_RUNTIME_BYTES if cpu else 0,
             backward_factor=CPU_BACKWARD_FACTOR if cpu else 1.0,
         )
-        return MemoryPlan(
-            planned,
-            replace(planned, activations=saved.checkpointed if backward else 0),
-            replace(planned, weights=planned_weight_bytes(model, "4bit"))
-            if registry.get(self.config.method).quantized_base
-            else None,
-        )
+        checkpointed = replace(planned, activations=saved.checkpointed if backward else 0)
+        by_checkpointing = {False: planned, True: checkpointed}
+        configured = by_checkpointing[self.config.train.gradient_checkpointing]
+        quantizable = registry.get(self.config.method).quantized_base
+        four_bit = None
+        if quantizable:
+            four_bit = replace(configured, weights=planned_weight_bytes(model, "4bit") + master)
+        return MemoryPlan(configured, by_checkpointing, four_bit)
 
 
 @dataclass
 class MemoryPlan:
-    """The client's peak as configured, with gradient checkpointing, with a 4-bit base."""
+    """The client's peak as configured, without and with gradient checkpointing (the rest
+    as configured), and as configured with a 4-bit base (a method that trains an adapter)."""
 
     configured: PlannedMemory
-    checkpointed: PlannedMemory
+    by_checkpointing: dict[bool, PlannedMemory]
     four_bit: PlannedMemory | None = None
 
 
@@ -411,9 +417,11 @@ def plan_one(
         "bytes_up_per_client_round": per_client("up"),
         "bytes_down_per_client_round": per_client("down"),
         "client_peak_mem_bytes": memory.configured.peak,
-        "client_peak_mem_checkpointed_bytes": memory.checkpointed.peak,
+        "client_peak_mem_no_checkpointing_bytes": memory.by_checkpointing[False].peak,
+        "client_peak_mem_checkpointing_bytes": memory.by_checkpointing[True].peak,
         "client_peak_mem_4bit_bytes": memory.four_bit.peak if memory.four_bit else None,
         "memory": {**memory.configured.__dict__, "training": memory.configured.training},
+        "batch_size": config.train.batch_size,
         "seq_len": planner.seq_len,
         "answer_tokens": planner.answer_tokens,
     }
@@ -446,25 +454,30 @@ def format_table(rows: list[dict[str, Any]], skipped: list[str]) -> str:
         return "nothing planned"
     first = rows[0]
     lines = [
-        f"{first['model']} on {first['device']}, {first['rounds']} rounds; batch "
-        f"x tokens as configured (seq_len {first['seq_len']}, {first['answer_tokens']} scored)",
+        f"{first['model']} on {first['device']}, {first['rounds']} rounds; a training batch of "
+        f"{first['batch_size']} x {first['seq_len']} tokens, {first['answer_tokens']} scored "
+        "per example; MB = 10^6 bytes",
         "",
         "| method | codecs (up / down) | MB up / client / round | MB down / client / round "
-        "| MB up, run | MB down, run | client peak MB | with checkpointing | 4-bit base "
-        "| weights | gradients | optimizer | activations | held + messages | runtime |",
-        "|---" * 15 + "|",
+        "| MB up, run | MB down, run | client peak MB | checkpointing off | checkpointing on "
+        "| 4-bit base | weights | gradients | optimizer | activations | held + messages "
+        "| runtime |",
+        "|---" * 16 + "|",
     ]
     for row in rows:
         m = row["memory"]
 
         def mb(value: float | None) -> str:
-            return "-" if value is None else f"{value / MB:,.1f}"
+            if value is None:
+                return "-"
+            return f"{value / MB:,.1f}" if value >= 10 * MB else f"{value / MB:.3f}"
 
         lines.append(
             f"| {row['method']} | {row['codec']} | {mb(row['bytes_up_per_client_round'])} "
             f"| {mb(row['bytes_down_per_client_round'])} | {mb(row['bytes_up_total'])} "
             f"| {mb(row['bytes_down_total'])} | {mb(row['client_peak_mem_bytes'])} "
-            f"| {mb(row['client_peak_mem_checkpointed_bytes'])} "
+            f"| {mb(row['client_peak_mem_no_checkpointing_bytes'])} "
+            f"| {mb(row['client_peak_mem_checkpointing_bytes'])} "
             f"| {mb(row['client_peak_mem_4bit_bytes'])} | {mb(m['weights'])} "
             f"| {mb(m['gradients'])} | {mb(m['optimizer'])} | {mb(m['activations'])} "
             f"| {mb(m['held'] + m['messages'])} | {mb(m['runtime'])} |"

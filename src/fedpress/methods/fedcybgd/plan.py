@@ -76,16 +76,14 @@ def plan(planner: Planner) -> MethodPlan:
 def block_memory(
     planner: Planner, model: torch.nn.Module, layout: BlockLayout, viewed: int, down: int
 ) -> MemoryPlan:
-    """The client training the lowest trainable block (alone trainable, in fp32 for its
-    turn: `turns.only_block_trainable`), beside the seeded initial state (fp32) and the
-    `viewed` bytes it keeps, having received `down` bytes."""
+    """The client training the lowest trainable block (alone trainable, an fp32 master copy
+    computing in the model's dtype: `turns.only_block_trainable`), beside the seeded initial
+    state (fp32) and the `viewed` bytes it keeps, having received `down` bytes."""
     initial = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lowest = layout.blocks[layout.trainable[0]]
+    lowest = set(layout.blocks[layout.trainable[0]].params)
     for name, param in model.named_parameters():
-        param.requires_grad_(name in lowest.params)
-        if name in lowest.params:
-            param.data = param.data.to(torch.float32)
-    return planner.memory(model, held=initial + viewed, messages=down)
+        param.requires_grad_(name in lowest)
+    return planner.memory(model, held=initial + viewed, messages=down, fp32_master=True)
 
 
 def model_and_blocks(planner: Planner) -> tuple[torch.nn.Module, BlockLayout]:
