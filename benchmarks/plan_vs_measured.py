@@ -109,18 +109,12 @@ def folders(paths: list[str]) -> list[dict[str, Any]]:
         summary = json.loads((path / "summary.json").read_text())
         config = load_config(path / "config.toml")
         plan = planned(config, training_only=False)
-        up, down = summary["bytes_up_total"], summary["bytes_down_total"]
-        rows.append(
-            row(
-                str(path),
-                path.name,
-                config.method,
-                plan,
-                up,
-                down,
-                summary["client_peak_mem_bytes"],
-            )
-        )
+        measured = {
+            "up": summary["bytes_up_total"],
+            "down": summary["bytes_down_total"],
+            "peak": summary["client_peak_mem_bytes"],
+        }
+        rows.append(row(str(path), path.name, config.method, plan, measured))
     return rows
 
 
