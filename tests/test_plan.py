@@ -117,11 +117,15 @@ def test_json_rows_hold_the_configs_own_method_and_codecs_first(capsys):
     assert full["client_peak_mem_4bit_bytes"] is None  # it trains the base
 
 
-def test_the_table_and_a_7b_model_on_the_meta_device(capsys):
-    assert main(["plan", *TINY, "--model", "llama-2-7b", "--methods", "lora-fedavg"]) == 0
+def test_the_table(capsys):
+    assert main(["plan", *TINY, "--methods", "fedkseed"]) == 0
     table = capsys.readouterr().out
-    assert "llama-2-7b on cpu" in table and "| lora-fedavg | none / none |" in table
-    rows = plan_json(
+    assert table.startswith("tiny-llama on cpu, 2 rounds; a training batch of 8 x 128 tokens")
+    assert "| lora-fedavg | none / none |" in table and "| fedkseed | none / none |" in table
+
+
+def test_a_7b_model_on_the_meta_device(capsys):
+    (row,) = plan_json(
         capsys,
         *TINY,
         "--model",
@@ -133,11 +137,14 @@ def test_the_table_and_a_7b_model_on_the_meta_device(capsys):
         "--set",
         "lora.target_modules=['q_proj','v_proj']",
     )
-    (row,) = rows
     # bf16 on CUDA: 6.74 B parameters at 2 bytes; q and v of 32 layers at r = 8 in the messages.
     assert row["memory"]["weights"] == pytest.approx(2 * 6.74e9, rel=0.01)
     lora_numbers = 32 * 2 * 8 * (4096 + 4096)
     assert row["bytes_up_per_client_round"] == pytest.approx(4 * lora_numbers, rel=0.01)
+    assert row["client_peak_mem_checkpointing_bytes"] < row["client_peak_mem_bytes"]
+    # A 4-bit base: about half a byte a weight instead of two (embeddings and head in fp32).
+    saved = row["client_peak_mem_bytes"] - row["client_peak_mem_4bit_bytes"]
+    assert 0.6 * row["memory"]["weights"] < saved < 0.75 * row["memory"]["weights"]
 
 
 def test_a_model_config_json_is_planned(tmp_path, capsys):

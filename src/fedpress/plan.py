@@ -185,7 +185,7 @@ class Planner:
     seq_len: int
     answer_tokens: int  # per example
     device: str = "cpu"
-    rows: dict[str, Any] = field(default_factory=dict)
+    _drawn: list[list[int]] = field(default_factory=list, repr=False)  # rounds' participants
 
     @property
     def dtype(self) -> torch.dtype:
@@ -216,16 +216,14 @@ class Planner:
         loop's own, seeded; under DP, whose sampling is secret, the expected count)."""
         from fedpress.flower.sampling import Sampler
 
-        sampler = self.rows.setdefault("sampler", Sampler(self.config))
-        drawn = self.rows.setdefault("drawn", [])
-        partitions = list(range(self.config.num_clients))
-        while len(drawn) < server_round:
-            if sampler.secret:
-                count = max(1, round(len(partitions) * sampler.fraction))
-                drawn.append(partitions[:count])
-            else:
-                drawn.append(sampler.sample(partitions))
-        return drawn[server_round - 1]
+        if not self._drawn:
+            sampler = Sampler(self.config)
+            partitions = list(range(self.config.num_clients))
+            count = max(1, round(len(partitions) * sampler.fraction))
+            for _ in range(self.config.rounds):
+                secret = sampler.secret
+                self._drawn.append(partitions[:count] if secret else sampler.sample(partitions))
+        return self._drawn[server_round - 1]
 
     def memory(
         self,
@@ -249,6 +247,7 @@ class Planner:
             CPU_BACKWARD_FACTOR,
             CPU_RUNTIME_BYTES,
             ENGINE_MESSAGE_COPIES,
+            Activations,
             PlannedMemory,
             planned_weight_bytes,
             saved_activations,
@@ -258,21 +257,25 @@ class Planner:
         state = sum(p.numel() * (4 if fp32_master else p.element_size()) for p in trainable)
         master = state - sum(p.numel() * p.element_size() for p in trainable)
         batch = self.config.train.batch_size
-        saved = saved_activations(model, batch, self.seq_len, batch * self.answer_tokens)
+        saved = (  # no gradient taken (zeroth order): nothing is saved for a backward
+            saved_activations(model, batch, self.seq_len, batch * self.answer_tokens)
+            if backward
+            else Activations(0, [], 0)
+        )
         cpu = self.device == "cpu"
         quantize = self.config.runtime.quantize
         planned = PlannedMemory(
             weights=planned_weight_bytes(model, quantize) + master,
             gradients=state if backward else 0,
             optimizer=2 * state if optimizer else 0,
-            activations=saved.total if backward else 0,
+            activations=saved.total,
             # Host memory: in a CUDA client's peak (the allocator's) only on CPU.
             held=held if cpu else 0,
             messages=int(ENGINE_MESSAGE_COPIES * messages) if cpu else 0,
             runtime=CPU_RUNTIME_BYTES if cpu else 0,
             backward_factor=CPU_BACKWARD_FACTOR if cpu else 1.0,
         )
-        checkpointed = replace(planned, activations=saved.checkpointed if backward else 0)
+        checkpointed = replace(planned, activations=saved.checkpointed)
         by_checkpointing = {False: planned, True: checkpointed}
         configured = by_checkpointing[self.config.train.gradient_checkpointing]
         quantizable = registry.get(self.config.method).quantized_base

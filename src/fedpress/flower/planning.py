@@ -90,6 +90,14 @@ class Exchanges:
         return down
 
 
+def int_bytes(value: int) -> int:
+    """How many bytes Flower serialises `value` to in a record (a key of sizes: round 63's
+    messages are shorter than round 64's, round 9's as long as round 10's)."""
+    from flwr.app import MetricRecord
+
+    return len(MetricRecord({"n": value}).deflate())
+
+
 class PlannedChunk(InflatableObject):
     """One chunk of a `PlannedArray`: its object id and the bytes it serialises to."""
 

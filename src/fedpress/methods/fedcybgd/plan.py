@@ -62,7 +62,8 @@ def plan(planner: Planner) -> MethodPlan:
                 extra = {BLOCK: turn.block, TURN: turn.number}
                 answer = planning.train_reply(sent, update, config, node, **extra)
                 traffic.down.append(down)
-                traffic.up.append(_sized(sizes, ("up", turn.block, len(str(turn.number))), answer))
+                up_key = ("up", turn.block, *map(planning.int_bytes, (turn.number, node)))
+                traffic.up.append(_sized(sizes, up_key, answer))
                 tracker.delivered(node, download)
                 if cybgd.delta_sync:  # the node keeps what it received
                     view = sum(block_bytes[b] for b in tracker.held.get(node, {}))

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Message
 from fedpress.codecs import Codec, ErrorFeedback
 from fedpress.config import RunConfig
 from fedpress.flower import planning, protocol
-from fedpress.plan import MethodPlan, Planner
+from fedpress.plan import MemoryPlan, MethodPlan, Planner
 
 
 @dataclass
@@ -46,7 +46,9 @@ def plan_lora_shaped(
     return MethodPlan(rounds.traffic, lora_memory(planner, model, rounds), rounds.participants)
 
 
-def lora_memory(planner: Planner, model: torch.nn.Module, rounds: Rounds, extra: int = 0):  # noqa: ANN201
+def lora_memory(
+    planner: Planner, model: torch.nn.Module, rounds: Rounds, extra: int = 0
+) -> MemoryPlan:
     """What a LoRA-FedAvg client holds beside the model: the seeded initial state and the
     received one (fp32 each), the downlink view and the uplink codec's residual (in
     Context.state) where those codecs keep them, and `extra` bytes of the method's own."""
@@ -92,8 +94,9 @@ def plan_rounds(
                 extra, extra_key = downlink_extra(server_round, client)
             state = partial(global_state, config, shapes, initial_fills if first else None)
             sent = partial(_train_message, state, extra, server_round, instructions)
-            answer = partial(_train_reply, config, codec, shapes)
-            key = (first, len(str(server_round)), extra_key, uplink_key, tuple(instructions))
+            answer = partial(_train_reply, config, codec, shapes, client)
+            numbers = planning.int_bytes(server_round), planning.int_bytes(client)
+            key = (first, *numbers, extra_key, uplink_key, *instructions)
             rounds.largest_down = max(rounds.largest_down, sizes.add(traffic, key, sent, answer))
     return rounds
 
@@ -118,6 +121,11 @@ def _train_message(
 
 
 def _train_reply(
-    config: RunConfig, codec: Codec, shapes: dict[str, tuple[int, ...]], message: Message
+    config: RunConfig,
+    codec: Codec,
+    shapes: dict[str, tuple[int, ...]],
+    client: int,
+    message: Message,
 ) -> Message:
-    return planning.train_reply(message, planning.payload_record(codec, shapes), config)
+    update = planning.payload_record(codec, shapes)
+    return planning.train_reply(message, update, config, client)
