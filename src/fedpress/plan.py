@@ -321,16 +321,18 @@ def plan_rows(
     its codecs, then its method with each of `codecs` (None: all) as the uplink; and the
     variants that could not be planned, each with why."""
     from fedpress import registry
+    from fedpress.codecs import CODEC_NAMES
 
     wanted: list[dict[str, Any]] = [{}]
     for name in registry.names() if methods is None else methods:
         wanted.append({"method": name})
-    method = registry.get(config.method)
-    if "uplink_codec" in method.reads:
-        from fedpress.codecs import CODEC_NAMES
-
-        wanted += [{"uplink_codec": c} for c in (CODEC_NAMES if codecs is None else codecs)]
-    rows, skipped, seen = [], [], set()
+    skipped = []
+    uplinks = CODEC_NAMES if codecs is None else codecs
+    if "uplink_codec" in registry.get(config.method).reads:
+        wanted += [{"uplink_codec": c} for c in uplinks]
+    elif codecs:
+        skipped.append(f"--codecs: method '{config.method}' has no uplink codec to vary")
+    rows, seen = [], set()
     for overrides in wanted:
         try:
             variant = _variant(config, overrides)
