@@ -459,14 +459,15 @@ def finish(
         for f in ("skip-demo", "tests", "steps-only")
         if getattr(args, f.replace("-", "_"))
     )
+    name = "speed_steps" if args.steps_only else "speed"
     header = (
         f"`python benchmarks/speed.py{flags}`, "
         f"{results['cpu']}, {threads} threads, load average {load:.2f} at start and "
-        f"{results['load_at_end']:.2f} at the end ({RESULTS.name}/speed.json has every figure)."
+        f"{results['load_at_end']:.2f} at the end ({RESULTS.name}/{name}.json has every figure)."
     )
     text = f"{header}\n\n{table}\n\n{breakdown}"
     print(text)
-    save("speed_steps" if args.steps_only else "speed", results, text)
+    save(name, results, text)
 
 
 if __name__ == "__main__":
