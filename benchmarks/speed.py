@@ -138,7 +138,7 @@ def trl_sft_peer(steps: int, threads: int) -> dict[str, float]:
             per_device_train_batch_size=config.train.batch_size,
             learning_rate=config.train.lr,
             lr_scheduler_type="constant",
-            weight_decay=0.0,
+            weight_decay=config.train.weight_decay,
             # trl's defaults are bf16 autocast and gradient checkpointing; fedpress's client (and
             # the plain loop) train in fp32 without checkpointing: like for like.
             bf16=False,

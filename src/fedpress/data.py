@@ -102,12 +102,9 @@ def load_classification_tsv(
 
 def load_mcq_csv(path: Path) -> list[Example]:
     """MMLU layout: `question,choice0..choice3,answer` per file, one file per subject."""
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-    if not files:
-        raise FedpressError(f"{path}: no .csv files")
     examples = []
-    for file in files:
-        subject = file.stem.removesuffix("_test").removesuffix("_dev").removesuffix("_val")
+    for file in mcq_files(path):
+        subject = mcq_subject(file)
         with _open_text(file) as handle:
             reader = csv.DictReader(handle)
             needed = {"question", "choice0", "choice1", "choice2", "choice3", "answer"}
@@ -124,6 +121,18 @@ def load_mcq_csv(path: Path) -> list[Example]:
                     )
                 )
     return examples
+
+
+def mcq_files(path: Path) -> list[Path]:
+    """The subject files of an MMLU-layout folder (or the one file given)."""
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise FedpressError(f"{path}: no .csv files")
+    return files
+
+
+def mcq_subject(file: Path) -> str:
+    return file.stem.removesuffix("_test").removesuffix("_dev").removesuffix("_val")
 
 
 def format_mcq(row: dict[str, str]) -> str:

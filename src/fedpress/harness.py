@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpress.config import load_config
+from fedpress.data import mcq_files, mcq_subject
 from fedpress.errors import FedpressError
 from fedpress.export import is_run_folder
 from fedpress.mcq_eval import load_model, subject_header
@@ -120,14 +121,11 @@ def task_configs(
 
 
 def _mmlu_configs(data: Path, dev: str | None, shots: int) -> list[dict[str, Any] | str]:
-    files = sorted(data.glob("*.csv")) if data.is_dir() else [data]
-    if not files:
-        raise FedpressError(f"{data}: no .csv files")
     if shots and not dev:
         raise FedpressError(f"{shots}-shot needs --dev (the folder of *_dev.csv files)")
     configs: list[dict[str, Any] | str] = []
-    for file in files:
-        subject = re.sub(r"_(test|dev|val)$", "", file.stem)
+    for file in mcq_files(data):
+        subject = mcq_subject(file)
         data_files = {"test": str(file)}
         if shots:
             dev_file = Path(dev) / f"{subject}_dev.csv"  # type: ignore[arg-type]
