@@ -177,6 +177,7 @@ reply = client_app.query(query, context)
 print(json.dumps({
     "info": dict(reply.content[protocol.NODE_INFO]),
     "imported": [m for m in ("torch", "transformers", "peft") if m in sys.modules],
+    "bitsandbytes_marked_absent": "bitsandbytes" in sys.modules,
     "warming_up": any(t.name == "client-warm-up" for t in threading.enumerate()),
 }))
 """
@@ -201,6 +202,8 @@ def test_a_deployed_node_answers_the_query_without_the_training_stack(
     assert result["info"] == {"partition-id": 1, "num-partitions": -1, "has-eval": 1}
     if process == "flwr-clientapp":
         assert result["imported"] == [] and not result["warming_up"]
+        # A process of one run that does not quantize never imports bitsandbytes (~2 s).
+        assert result["bitsandbytes_marked_absent"]
     else:  # a process that serves the node's later turns builds its task meanwhile
         assert result["warming_up"]
 

@@ -6,6 +6,7 @@ uninterrupted one is held to `check_quantized_run` before the kill-and-resume.""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def test_bitsandbytes_without_cpu_kernels_is_refused_naming_the_version(monkeypa
     runtime = RuntimeConfig(device="cpu", quantize="4bit")
     with pytest.raises(FedpressError, match=r"bitsandbytes >= 0\.50\.2 \(installed: 0\.44\.1\)"):
         load_base_model("tiny-llama", runtime)
+
+
+def test_a_process_started_without_bitsandbytes_refuses_to_quantize(monkeypatch):
+    """`fedpress.lean_imports`: a one-run process of a run without quantization marks
+    bitsandbytes absent; asked to quantize anyway, it says so instead of failing deep in
+    transformers."""
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(FedpressError, match="started without bitsandbytes"):
+        load_base_model("tiny-llama", RuntimeConfig(device="cpu", quantize="8bit"))
 
 
 @pytest.mark.parametrize("bits", ["4bit", "8bit"])

@@ -73,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         out_dir = Path(args.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     quiet(args.verbose)
+    from fedpress import lean_imports
+
+    if lean_imports.serves_one_run():  # not main() called by another program
+        lean_imports.skip_bitsandbytes(config.runtime.quantize)
     from fedpress.runner import preflight, run_config
 
     preflight(config)

@@ -32,6 +32,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from fedpress import lean_imports
 from fedpress.config import LoraConfig, RuntimeConfig
 from fedpress.errors import FedpressError
 
@@ -169,6 +170,11 @@ def load_base_model(name: str, runtime: RuntimeConfig) -> PreTrainedModel:
     # Weights only from safetensors (no pickle) and never code shipped with a model.
     kwargs: dict = {"dtype": placement.dtype, "use_safetensors": True, "trust_remote_code": False}
     if runtime.quantize != "none":
+        if lean_imports.bitsandbytes_skipped():
+            raise FedpressError(
+                f"runtime.quantize = {runtime.quantize!r} in a process that serves a run "
+                "without quantization (it was started without bitsandbytes)"
+            )
         kwargs["quantization_config"] = _quantization_config(runtime, placement)
         cuda = placement.device.type == "cuda"
         kwargs["device_map"] = {"": (placement.device.index or 0) if cuda else "cpu"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedpress import registry
+from fedpress import lean_imports, registry
 from fedpress.flower import node
 
 app = ClientApp()
@@ -21,6 +21,8 @@ app = ClientApp()
 
 def _handle(phase: str, msg: Message, context: Context) -> Message:
     config = node.run_config(context)
+    if lean_imports.serves_one_run():
+        lean_imports.skip_bitsandbytes(config.runtime.quantize)
     node.use_threads(context, config)
     handlers = registry.get(config.method).client
     if phase not in handlers:
@@ -65,6 +67,8 @@ def query(msg: Message, context: Context) -> Message:
     node.remember_config(msg, context)
     node_config = context.node_config
     config = node.received_config(context)
+    if lean_imports.serves_one_run():  # before the warm-up imports the training stack
+        lean_imports.skip_bitsandbytes(config.runtime.quantize)
     node.warm_up(context, registry.get(config.method).client_task)
     info = node.node_info(
         node.partition_id(context, config),

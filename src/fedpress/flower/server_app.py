@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedpress import registry
+from fedpress import lean_imports, registry
 from fedpress.config import RunConfig, load_config
 from fedpress.flower.loop import run_federation
 from fedpress.run_files import wait_for_plots
@@ -72,6 +72,8 @@ def main(grid: Grid, context: Context) -> None:
 
     # `flwr run --run-config 'config="..." rounds=50'`: the TOML, then its keys given there.
     config = load_config(str(context.run_config["config"]), overrides(context.run_config))
+    if lean_imports.serves_one_run():
+        lean_imports.skip_bitsandbytes(config.runtime.quantize)
     out = (
         str(context.run_config.get("out", ""))
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
