@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ONE_CORE_SETTINGS
+from conftest import ONE_CORE_SETTINGS, once_per_session
 from fedpress.checkpoint import CHECKPOINT, save_checkpoint
 from fedpress.compare import load_matrix, run_matrix
 from fedpress.errors import FedpressError
@@ -47,20 +47,31 @@ def write_matrix(path: Path, variants: list[dict], base: dict | None = None, **h
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One real compare through the CLI: a centralized and a federated variant, and one that
-    fails."""
-    root = tmp_path_factory.mktemp("compare")
-    matrix = write_matrix(
-        root / "tiny.toml", [CENTRAL, FEDAVG, BROKEN], title="tiny matrix", reference="fedavg"
-    )
-    out = root / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedpress.cli", "compare", str(matrix), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,  # took 135-270 s here at load average 10-25; generous for loaded runners
-    )
-    return out, result
+    """One real compare through the CLI, once per session: a centralized and a federated
+    variant, and one that fails."""
+
+    def run_compare(root: Path) -> dict:
+        matrix = write_matrix(
+            root / "tiny.toml", [CENTRAL, FEDAVG, BROKEN], title="tiny matrix", reference="fedavg"
+        )
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedpress.cli",
+                "compare",
+                str(matrix),
+                "--out",
+                str(root / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,  # took 135-270 s here at load average 10-25; generous for loaded runners
+        )
+        return {"returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+
+    root, result = once_per_session(tmp_path_factory, "compare", run_compare)
+    return root / "out", subprocess.CompletedProcess([], **result)
 
 
 @pytest.mark.slow  # a real Flower simulation (or run)
