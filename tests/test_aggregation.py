@@ -10,7 +10,7 @@ from flwr.server.strategy.aggregate import (
     aggregate_trimmed_avg,
 )
 
-from fedpress.aggregation import aggregate, norm
+from fedpress.aggregation import RunningMean, aggregate, norm, streams
 from fedpress.config import AggregationConfig, load_config
 from fedpress.errors import FedpressError
 
@@ -51,6 +51,25 @@ def test_the_mean_is_the_example_weighted_mean_bit_for_bit():
     for key in SHAPES:
         expected = sum(u[key] * (w / 16.0) for u, w in zip(ups, weights, strict=True))
         assert torch.equal(mean[key], expected)
+
+
+@pytest.mark.parametrize("bound", ["none", "fixed"])
+def test_the_streamed_mean_is_the_held_mean_in_any_arrival_order(bound):
+    """What the server folds in reply by reply (the default for the mean) equals the mean of
+    the held updates, and does not depend on the order the replies arrived in."""
+    ups, weights = updates(5), [8.0, 3.0, 5.0, 1.0, 7.0]
+    config = AggregationConfig(norm_bound=bound, max_norm=1.5)
+    assert streams(config) and not streams(AggregationConfig(stream=False))
+    held = aggregate(config, ups, weights)
+    results = []
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1]):
+        running = RunningMean(config)
+        for i in order:
+            running.add(ups[i], weights[i])
+        results.append(running.result())
+        for key in SHAPES:
+            torch.testing.assert_close(results[-1][key], held[key], rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(results[0][key], results[1][key]) for key in SHAPES)
 
 
 def test_norm_bounds_scale_long_updates_down_and_keep_their_direction():

@@ -137,6 +137,8 @@ def test_bad_local_files_fail_the_reply_without_leaking_them(tmp_path, shared_da
         str(fifo): "not a regular file",
         str(tmp_path): "no .csv files",  # a folder is read as MMLU subjects
         str(loop): "not found",
+        # A name that is not UTF-8 (bytes a node's file system allows): refused, printable.
+        os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.json"): "not found",
     }
     for path, expected in cases.items():
         context = node_context(config, {"data-path": path})

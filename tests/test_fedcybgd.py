@@ -177,6 +177,48 @@ def test_centralized_cyclic_trains_only_its_blocks_in_peft_mode(tmp_path):
     assert summary["client_steps_total"] == 2
 
 
+@pytest.mark.slow  # a real Flower simulation (or run)
+def test_fedcybgd_peft_mode_runs_federated_and_uploads_only_the_blocks_adapter(tmp_path):
+    """`cybgd.peft = true` on the simulation engine: each turn trains and uploads the LoRA
+    tensors of its one decoder layer; the base never travels; the output is an adapter."""
+    config = load_config(
+        None,
+        [
+            "method=fedcybgd",
+            "model=tiny-llama",
+            "num_clients=2",
+            "rounds=1",
+            "cybgd.peft=true",
+            "train.local_steps=2",
+            "data.builtin_size=300",
+            "eval.per_round_examples=20",
+            *ONE_CORE,
+        ],
+    )
+    out = tmp_path / "run"
+    summary = simulate(config, out)
+    assert_plan_matches(out)
+    assert summary["turns_failed"] == 0 and summary["turns"] == 2  # layer 0, then layer 1
+    assert summary["blocks"] == ["layers.0", "layers.1"]
+    from fedpress.task import build_task
+
+    initial = build_task(config).initial_adapter
+    adapter = load_file(out / "adapter.safetensors")
+    assert set(adapter) == set(initial) and all("lora_" in n for n in adapter)
+    assert not (out / "model.safetensors").exists()
+    per_layer = {
+        layer: sum(t.numel() for n, t in initial.items() if f".layers.{layer}." in n)
+        for layer in (0, 1)
+    }
+    assert summary["trainable_params_per_client"] == max(per_layer.values())
+    # A turn's upload is one layer's adapter tensors (fp32, framing on top), far below the
+    # whole adapter; the downloads carry adapter blocks only, never the base's weights.
+    assert summary["upload_bytes_per_turn"] < 1.2 * 4 * per_layer[0]
+    assert summary["bytes_down_total"] < 1.2 * 4 * 2 * sum(per_layer.values())
+    changed = {n for n in adapter if not torch.equal(adapter[n], initial[n])}
+    assert any(".layers.0." in n for n in changed) and any(".layers.1." in n for n in changed)
+
+
 def test_lower_precision_block_trains_on_an_fp32_master_copy():
     config = load_config(
         None,

@@ -14,10 +14,15 @@ enters the mean with full weight; the robust rules bound what such a member can 
 
 Norm bounding (`norm_bound`, with any rule) first scales every update whose L2 norm over all
 its tensors exceeds the bound down to it: the bound is `max_norm`, or the median of the
-round's norms. Every rule but the mean needs all the round's updates at once; the server
-holds them anyway (they arrive as one batch from Flower's grid). Beyond them, the median
-and the trimmed mean hold one tensor of every update, stacked and sorted, at a time; Krum
-one stacked tensor and an n x n distance table (benchmarks/aggregation_cost.py measures it).
+round's norms.
+
+Memory. The mean, unbounded or with a fixed bound, is taken as the replies arrive
+(`RunningMean`, `stream = true`): the server holds a float64 sum per tensor (two fp32
+copies of the update's size) and the one reply it is reading, whatever the number of
+clients. The other rules need every update of the round at once, so the server holds them
+all (n copies); beyond them, the median and the trimmed mean stack and sort one tensor of
+every update at a time, Krum one stacked tensor and an n x n distance table
+(benchmarks/aggregation_cost.py, benchmarks/server_memory.py measure it).
 """
 
 from __future__ import annotations
@@ -49,6 +54,37 @@ def aggregate(
         return weighted_mean([updates[i] for i in best], [weights[i] for i in best])
     combine = median if config.rule == "median" else trimmed(config.trim_fraction)
     return {name: combine(torch.stack([u[name] for u in updates])) for name in updates[0]}
+
+
+def streams(config: AggregationConfig) -> bool:
+    """Whether the rule can take the updates one at a time, as they arrive."""
+    return config.stream and config.rule == "mean" and config.norm_bound in ("none", "fixed")
+
+
+class RunningMean:
+    """The example-weighted mean of updates added one at a time. The sum is kept in float64
+    and rounded to fp32 once, at the end: the result does not depend on the order the replies
+    arrived in (beyond float64 rounding, far below fp32's)."""
+
+    def __init__(self, config: AggregationConfig) -> None:
+        self.config = config
+        self.sums: Update = {}
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, update: Update, weight: float) -> None:
+        if self.config.norm_bound == "fixed":
+            (update,) = bounded([update], self.config)
+        for name, tensor in update.items():
+            if name in self.sums:
+                self.sums[name].add_(tensor, alpha=weight)
+            else:
+                self.sums[name] = tensor.double() * weight
+        self.total += weight
+        self.count += 1
+
+    def result(self) -> Update:
+        return {name: (s / self.total).float() for name, s in self.sums.items()}
 
 
 def weighted_mean(updates: Sequence[Update], weights: Sequence[float]) -> Update:

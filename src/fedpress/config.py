@@ -188,6 +188,10 @@ class AggregationConfig:
     # (the median of the round's update norms).
     norm_bound: str = "none"
     max_norm: float = 1.0
+    # The mean (with no bound or a fixed one) folds each reply in as it arrives, a float64
+    # running sum per tensor, so the server holds no update it has read; false: the round's
+    # updates are held and summed in fp32 in partition order (fedpress before it streamed).
+    stream: bool = True
 
 
 @dataclass

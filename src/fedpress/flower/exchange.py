@@ -158,18 +158,25 @@ def run_exchange(
             sent[node] = Delivery(server_round, index, node, stats.add_sent(message))
         server.deliveries.extend(sent.values())
         accepted: list[Accepted] = []
+        # Replies as they arrive: a method that folds each into its aggregate right away
+        # (`fold`) lets this loop drop it, so the server never holds the round's updates.
         for reply in grid.send_and_receive(messages, timeout=federation.round_timeout_s):
             delivery = sent.pop(reply.metadata.src_node_id, None)
             nbytes = stats.add_reply(reply)
             item = check_reply(server, server_round, exchange, reply, stats)
+            del reply
             if delivery is not None:
                 delivery.record(nbytes, item)
             if item is not None:
+                with stopwatch() as fold_time:
+                    if server.fold(server_round, exchange, item):
+                        item.update = {}
+                stats.codec_s += fold_time["s"]
                 accepted.append(item)
         for node in sent:  # sent, never answered (timeout): its state is unknown
             log.warning("round %d: no reply from node %d", server_round, node)
             server.rejected(node)
-        # A fixed order (by partition) makes the floating-point sum independent of arrival.
+        # A fixed order (by partition) makes a held-update sum independent of arrival.
         accepted.sort(key=lambda item: item.metrics["partition-id"])
         if accepted:
             with stopwatch() as aggregate_time:

@@ -99,6 +99,12 @@ class FederatedServer(abc.ABC):
         """Change the global model with the accepted replies (sorted by partition)."""
 
     # -- what a method may change (the hooks without a body do nothing unless overridden)
+    def fold(self, server_round: int, exchange: Any, item: Accepted) -> bool:
+        """Take an accepted reply's update into the round's aggregate now, as it arrives;
+        True if taken (the exchange then drops it). The default keeps every update for
+        `aggregate_train`."""
+        return False
+
     def prepare(self, grid: Grid, resume: bool) -> None:  # noqa: B027
         """A phase before round 1 (CG-FedLLM's TGAP); its cost goes into `self.stats[0]`."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedpress.aggregation import aggregate
+from fedpress.aggregation import RunningMean, aggregate, streams
 from fedpress.codecs import Codec
 from fedpress.config import RunConfig
 from fedpress.flower import protocol
@@ -33,6 +33,7 @@ class LoraFedAvgServer(FederatedServer):
         self.downlink_codecs: dict[int, Codec] = {}
         self.views: dict[int, dict[str, torch.Tensor]] = {}
         self.optimizer = ServerOptimizer(config.server_optimizer)
+        self.running: RunningMean | None = None  # this exchange's mean, as replies arrive
         self.privacy = None
         if config.privacy.enabled:
             from fedpress.privacy import PrivateAggregator
@@ -85,8 +86,18 @@ class LoraFedAvgServer(FederatedServer):
             self.uplink_codec, content.array_records[protocol.UPDATE], self.shapes
         )
 
+    def fold(self, server_round: int, exchange: Any, item: Accepted) -> bool:
+        if self.privacy is not None or not streams(self.config.aggregation):
+            return False
+        if self.running is None:
+            self.running = RunningMean(self.config.aggregation)
+        self.running.add(item.update, item.weight)
+        return True
+
     def aggregate_train(self, server_round: int, exchange: Any, accepted: list[Accepted]) -> None:
-        if self.privacy is not None:
+        if self.running is not None:
+            mean, self.running = self.running.result(), None
+        elif self.privacy is not None:
             mean = self.privacy.aggregate([a.update for a in accepted], server_round, self.shapes)
         else:
             updates, weights = [a.update for a in accepted], [a.weight for a in accepted]
