@@ -164,9 +164,15 @@ def own_data(context: Context, config: RunConfig, task: LoraTask) -> NodeData:
         )
     except FedpressError as exc:
         # Logged here in full; the reply names neither the node's paths nor file content.
-        log.error("local data: %s", exc)
+        log.error("local data: %s", printable(str(exc)))
         reason = str(exc).replace(eval_path or "\0", "eval-path").replace(path, "data-path")
-        raise ValueError(f"this node's data: {reason}") from None
+        raise ValueError(f"this node's data: {printable(reason)}") from None
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes of a file name that is not UTF-8 (Python's surrogate escapes)
+    written as `\\udcXX`: a log file or a reply message can carry it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def share(context: Context, config: RunConfig, task: LoraTask) -> list[Encoded]:
