@@ -7,10 +7,11 @@ against folded in as they arrive (the default).
 
 Each run is one `fedpress run` process (the ServerApp runs in it; the clients in Ray actors,
 one at a time: `federation.client_cpus` = every core) of one round, every client sampled, one
-local step each. The figure is that process's resident high-water mark (`VmHWM` in
-/proc/<pid>/status, read every 0.1 s until it exits): the server's model for evaluation, the
-global state, whatever the round's replies cost it, and the interpreter with its libraries.
-The clients' memory is not in it.
+local step each. The figures are that process's, from /proc/<pid>/status read every 0.1 s
+until it exits: `VmHWM` (peak resident, all it maps: the pages of Ray's shared-memory object
+store that carried messages through it count too) and the highest `RssAnon` (its own heap:
+the server's model for evaluation, the global state, whatever the round's replies cost it,
+the interpreter and libraries). The clients' memory is not in it.
 """
 
 from __future__ import annotations
@@ -40,15 +41,18 @@ SETTING = [
 ]
 
 
-def high_water_mark(pid: int) -> int:
-    """The process's peak resident bytes so far (VmHWM), 0 once it is gone."""
+def resident(pid: int) -> dict[str, int]:
+    """From /proc/<pid>/status: VmHWM (peak resident, everything mapped) and RssAnon (the
+    process's own heap now: no files, no shared memory), in bytes; {} once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
     except OSError:
-        pass
-    return 0
+        return {}
+    if "VmHWM" not in fields or "RssAnon" not in fields:  # exiting: its memory is gone
+        return {}
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmHWM", "RssAnon")}
 
 
 def measure(clients: int, stream: bool, out: Path) -> dict:
@@ -60,9 +64,10 @@ def measure(clients: int, stream: bool, out: Path) -> dict:
     command += ["--set", f"federation.client_cpus={cores}"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = heap = 0
     while process.poll() is None:
-        peak = max(peak, high_water_mark(process.pid))
+        now = resident(process.pid)
+        peak, heap = max(peak, now.get("VmHWM", 0)), max(heap, now.get("RssAnon", 0))
         time.sleep(0.1)
     stdout, stderr = process.communicate()
     if process.returncode != 0:
@@ -73,6 +78,7 @@ def measure(clients: int, stream: bool, out: Path) -> dict:
         "clients": clients,
         "stream": stream,
         "server_peak_bytes": peak,
+        "server_heap_peak_bytes": heap,
         # Round 1's download to one client: the whole model as one message.
         "model_message_bytes": rounds[1]["bytes_down_per_client"][0],
         "bytes_up_total": summary["bytes_up_total"],
@@ -100,8 +106,9 @@ def main() -> None:
                 "clients": row["clients"],
                 "replies": "folded in as they arrive" if row["stream"] else "held to the end",
                 "peak": f"{row['server_peak_bytes'] / MB:.0f}",
-                "models": f"{row['server_peak_bytes'] / row['model_message_bytes']:.1f}",
-                "ratio": f"{row['server_peak_bytes'] / held['server_peak_bytes']:.2f}",
+                "heap": f"{row['server_heap_peak_bytes'] / MB:.0f}",
+                "models": f"{row['server_heap_peak_bytes'] / row['model_message_bytes']:.1f}",
+                "ratio": f"{row['server_heap_peak_bytes'] / held['server_heap_peak_bytes']:.2f}",
                 "loss": f"{row['final_eval_loss']:.4f}",
                 "wall": row["wall_s"],
             }
@@ -110,16 +117,20 @@ def main() -> None:
     table = (
         "## fed-full server peak memory, SmolLM2-135M, one round, every client sampled\n\n"
         f"`python benchmarks/server_memory.py --clients {args.clients}`\n\n"
-        "Resident high-water mark of the `fedpress run` process (the ServerApp; the clients run "
-        f"in Ray actors and are not counted). The model as one message: {model_mb:.0f} MB.\n\n"
+        "The `fedpress run` process (the ServerApp; the clients run in Ray actors and are not "
+        "counted): its resident high-water mark (VmHWM: everything it maps, the pages of Ray's "
+        "shared-memory object store it touched included) and the highest of its own heap "
+        "(RssAnon, no files or shared memory) sampled every 0.1 s. The model as one message: "
+        f"{model_mb:.0f} MB.\n\n"
         + markdown_table(
             table_rows,
             [
                 ("clients", "clients"),
                 ("replies", "replies"),
-                ("peak", "server peak MB"),
-                ("models", "peak / model message"),
-                ("ratio", "vs held"),
+                ("peak", "peak resident MB (VmHWM)"),
+                ("heap", "peak own heap MB (RssAnon)"),
+                ("models", "own heap / model message"),
+                ("ratio", "own heap vs held"),
                 ("loss", "final eval loss"),
                 ("wall", "wall s"),
             ],

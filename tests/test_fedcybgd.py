@@ -69,6 +69,12 @@ def replay_first_turn(config):
     return task, block, delta, memory["bytes"]
 
 
+def two_client_fedcybgd(*extra: str):
+    """A one-round FedCyBGD run of tiny-llama on 2 clients, plus `extra` settings."""
+    base = ["method=fedcybgd", "model=tiny-llama", "num_clients=2", "rounds=1"]
+    return load_config(None, [*base, "data.builtin_size=300", "eval.per_round_examples=20", *extra])
+
+
 @pytest.mark.slow  # a real Flower simulation (or run)
 def test_fedcybgd_trains_one_block_per_turn_and_rejects_hostile_blocks(tmp_path):
     config = load_config(
@@ -181,20 +187,7 @@ def test_centralized_cyclic_trains_only_its_blocks_in_peft_mode(tmp_path):
 def test_fedcybgd_peft_mode_runs_federated_and_uploads_only_the_blocks_adapter(tmp_path):
     """`cybgd.peft = true` on the simulation engine: each turn trains and uploads the LoRA
     tensors of its one decoder layer; the base never travels; the output is an adapter."""
-    config = load_config(
-        None,
-        [
-            "method=fedcybgd",
-            "model=tiny-llama",
-            "num_clients=2",
-            "rounds=1",
-            "cybgd.peft=true",
-            "train.local_steps=2",
-            "data.builtin_size=300",
-            "eval.per_round_examples=20",
-            *ONE_CORE,
-        ],
-    )
+    config = two_client_fedcybgd("cybgd.peft=true", "train.local_steps=2", *ONE_CORE)
     out = tmp_path / "run"
     summary = simulate(config, out)
     assert_plan_matches(out)
@@ -275,21 +268,12 @@ def test_fedcybgd_pruned_change_download_rebuilds_the_current_block(tmp_path, mo
     """cybgd.prune_target = "delta": a client rebuilds a changed frozen block as pretrained
     weights + the larger half of the change, close to the server's block."""
     monkeypatch.setenv("FEDPRESS_SPY_DIR", str(tmp_path))
-    config = load_config(
-        None,
-        [
-            "method=fedcybgd",
-            "model=tiny-llama",
-            "num_clients=2",
-            "rounds=1",
-            "cybgd.turns_per_round=4",
-            "cybgd.prune_ratio=0.5",
-            "cybgd.prune_target=delta",
-            "train.local_steps=1",
-            "data.builtin_size=300",
-            "eval.per_round_examples=20",
-            *ONE_CORE,
-        ],
+    config = two_client_fedcybgd(
+        "cybgd.turns_per_round=4",
+        "cybgd.prune_ratio=0.5",
+        "cybgd.prune_target=delta",
+        "train.local_steps=1",
+        *ONE_CORE,
     )
     summary = simulate(config, tmp_path / "run", client_app=spy_app)
     assert_plan_matches(tmp_path / "run")  # pruned changes of frozen blocks, delta-synced

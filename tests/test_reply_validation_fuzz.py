@@ -196,6 +196,7 @@ FUZZED = dict(
 )
 
 
+@pytest.mark.slow  # 1,005 generated replies, each read and aggregated (~30 s)
 def test_any_reply_is_rejected_or_safe(strategy):
     fuzz = FUZZ_KSEED if is_kseed(strategy) else FUZZ
     fuzz(strategy)
