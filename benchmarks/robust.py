@@ -186,11 +186,12 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
                 "seeds": ",".join(map(str, done)),
                 "accuracy": f"{statistics.mean(values):.2f}{spread}",
                 "gap": f"{statistics.mean(gaps):+.2f}" if gaps else "-",
+                # The target bounds the harm: at most 2 points (clean: 1) below, every seed.
                 "within": (
                     "-"
                     if not gaps
                     else "yes"
-                    if all(abs(g) <= (1 if row["attack"] == "clean" else 2) for g in gaps)
+                    if all(g >= -(1 if row["attack"] == "clean" else 2) for g in gaps)
                     else "no"
                 ),
             }
@@ -201,7 +202,7 @@ def table(rows: list[dict]) -> tuple[str, list[dict]]:
         ("seeds", "seeds"),
         ("accuracy", "final acc %"),
         ("gap", "vs clean mean (points)"),
-        ("within", "within target"),
+        ("within", "at most 2 (clean: 1) points below"),
     ]
     return markdown_table(out, columns), out
 
@@ -237,8 +238,8 @@ def main() -> None:
         "Converged protocol (SmolLM2-135M, 20 rounds x 2 local steps x batch 8, lr 3e-4 "
         "cosine), 6 of 8 clients a round, partitions 0 and 1 attacking; final accuracy on the "
         "400 SST-2 test sentences; the gap is to the clean run with the plain mean of the same "
-        "seed. Target: an attack within 2 points of it with the right rule (plain mean not), "
-        "the clean run with each rule within 1 point. A row appears once its run has "
+        "seed. Target: with the right rule an attack loses at most 2 points against it "
+        "(plain mean more), the clean run with each rule at most 1. A row appears once its run has "
         f"finished: {len(rows)} of {len(ATTACKS) * len(RULES)} (attack, rule) pairs so far.\n\n"
     )
     print(header + text)
