@@ -70,7 +70,6 @@ class RunningMean:
         self.config = config
         self.sums: Update = {}
         self.total = 0.0
-        self.count = 0
 
     def add(self, update: Update, weight: float) -> None:
         if self.config.norm_bound == "fixed":
@@ -81,7 +80,6 @@ class RunningMean:
             else:
                 self.sums[name] = tensor.double() * weight
         self.total += weight
-        self.count += 1
 
     def result(self) -> Update:
         return {name: (s / self.total).float() for name, s in self.sums.items()}

@@ -75,8 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     quiet(args.verbose)
     from fedpress import lean_imports
 
-    if lean_imports.serves_one_run():  # not main() called by another program
-        lean_imports.skip_bitsandbytes(config.runtime.quantize)
+    lean_imports.skip_bitsandbytes(config.runtime.quantize)  # not in main() called by a program
     from fedpress.runner import preflight, run_config
 
     preflight(config)

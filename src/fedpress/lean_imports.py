@@ -30,9 +30,11 @@ def serves_one_run() -> bool:
 
 
 def skip_bitsandbytes(quantize: str) -> None:
-    """Mark bitsandbytes absent for this process when its one run does not quantize and
-    nothing has imported it (or peft) yet; otherwise change nothing."""
-    if quantize != "none" or "bitsandbytes" in sys.modules or "peft" in sys.modules:
+    """Mark bitsandbytes absent when this process serves one run, that run does not quantize
+    and nothing has imported bitsandbytes (or peft) yet; otherwise change nothing."""
+    if quantize != "none" or not serves_one_run():
+        return
+    if "bitsandbytes" in sys.modules or "peft" in sys.modules:
         return
     sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
 

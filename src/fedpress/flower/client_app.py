@@ -21,8 +21,7 @@ app = ClientApp()
 
 def _handle(phase: str, msg: Message, context: Context) -> Message:
     config = node.run_config(context)
-    if lean_imports.serves_one_run():
-        lean_imports.skip_bitsandbytes(config.runtime.quantize)
+    lean_imports.skip_bitsandbytes(config.runtime.quantize)
     node.use_threads(context, config)
     handlers = registry.get(config.method).client
     if phase not in handlers:
@@ -67,8 +66,7 @@ def query(msg: Message, context: Context) -> Message:
     node.remember_config(msg, context)
     node_config = context.node_config
     config = node.received_config(context)
-    if lean_imports.serves_one_run():  # before the warm-up imports the training stack
-        lean_imports.skip_bitsandbytes(config.runtime.quantize)
+    lean_imports.skip_bitsandbytes(config.runtime.quantize)  # before the warm-up's imports
     node.warm_up(context, registry.get(config.method).client_task)
     info = node.node_info(
         node.partition_id(context, config),

@@ -72,8 +72,7 @@ def main(grid: Grid, context: Context) -> None:
 
     # `flwr run --run-config 'config="..." rounds=50'`: the TOML, then its keys given there.
     config = load_config(str(context.run_config["config"]), overrides(context.run_config))
-    if lean_imports.serves_one_run():
-        lean_imports.skip_bitsandbytes(config.runtime.quantize)
+    lean_imports.skip_bitsandbytes(config.runtime.quantize)
     out = (
         str(context.run_config.get("out", ""))
         or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
