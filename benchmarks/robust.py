@@ -30,7 +30,6 @@ import dataclasses
 import json
 import statistics
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from common import REPO, make_config, markdown_table, quiet, save
+from fedpress.compare import read_matrix
+from fedpress.config import flatten
 from fedpress.flower import client_app as honest
 from fedpress.flower import node, protocol
 from fedpress.flower.simulation import simulate
@@ -58,18 +59,8 @@ OUT = REPO / "runs" / "robust_sst2"
 
 def protocol_setting(smoke: bool) -> dict[str, Any]:
     """The converged SST-2 base, 6 of 8 clients a round, uplink uncompressed."""
-    matrix = tomllib.loads((REPO / "examples/matrices/converged_sst2.toml").read_text())
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, table: dict) -> None:
-        for key, value in table.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk("", matrix["base"])
-    flat = {k: v for k, v in flat.items() if not k.startswith("autoencoder.")}
+    _, base, _ = read_matrix(REPO / "examples/matrices/converged_sst2.toml")
+    flat = {k: v for k, v in flatten(base).items() if not k.startswith("autoencoder.")}
     for key in ("data.source", "data.eval_source"):
         flat[key] = str((REPO / flat[key]).resolve())  # relative to the repository
     flat.update({"method": "lora-fedavg", "federation.fraction_train": 0.75})

@@ -210,7 +210,7 @@ def fuzz_one_reply(strategy, data, mode, rename, metrics):
     elif mode == "mutated-honest":
         for key, value in sent.items():
             raw = value.view(np.uint8).copy()
-            for _ in range(data.draw(st.integers(0, 8))):
+            for _ in range(data.draw(st.integers(1, 8))):
                 raw[data.draw(st.integers(0, raw.size - 1))] = data.draw(st.integers(0, 255))
             sent[key] = raw.view(value.dtype)
     if rename is not None:
