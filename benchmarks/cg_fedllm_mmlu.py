@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import MB, REPO, RESULTS, SHARED_DATA, markdown_table, quiet, save
-from fedpress.compare_report import load_results, training_bytes
+from fedpress.compare_report import load_run, training_bytes
 
 MATRIX = REPO / "benchmarks" / "matrices" / "cg_fedllm_mmlu.toml"
 OUT = REPO / "runs" / "cg_fedllm_mmlu"
@@ -118,10 +118,13 @@ def main() -> None:
         folder = OUT / f"seed-{seed}"
         if not folder.is_dir():
             continue
-        for result in load_results(folder)[1]:
-            if result.name not in variants or not result.finished:
+        # Every variant's folder, not compare.json's list: a later invocation on a subset of
+        # the variants rewrites that list with the subset.
+        for name in variants:
+            run = folder / name
+            if not (run / "summary.json").is_file():
                 continue
-            run = folder / result.name
+            result = load_run(run)
             report = score(str(run), run / "mmlu-eval.json", eval_half, args.limit)
             summary = result.summary or {}
             scores.setdefault(result.name, {})[seed] = {
