@@ -31,8 +31,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from common import MB, REPO, RESULTS, SHARED_DATA, markdown_table, quiet, save
-from fedpress.compare_report import load_run, training_bytes
+from common import MB, REPO, RESULTS, SHARED_DATA, markdown_table, mean_sd, quiet, save
+from converged import read_run
+from fedpress.compare_report import load_run
 
 MATRIX = REPO / "benchmarks" / "matrices" / "cg_fedllm_mmlu.toml"
 OUT = REPO / "runs" / "cg_fedllm_mmlu"
@@ -124,17 +125,14 @@ def main() -> None:
             run = folder / name
             if not (run / "summary.json").is_file():
                 continue
-            result = load_run(run)
             report = score(str(run), run / "mmlu-eval.json", eval_half, args.limit)
-            summary = result.summary or {}
-            scores.setdefault(result.name, {})[seed] = {
+            measured = read_run(name, seed, load_run(run))
+            scores.setdefault(name, {})[seed] = {
                 "mmlu": report["overall_accuracy"],
                 "questions": report["questions"],
-                "bytes_up": training_bytes(result, "up"),
-                "tgap_bytes_up": summary.get("tgap_bytes_up", 0)
-                if summary.get("tgap_in_run")
-                else 0,
-                "wall_s": summary.get("wall_s"),
+                "bytes_up": measured["bytes_up_total"],
+                "tgap_bytes_up": measured["tgap_bytes_up"],
+                "wall_s": measured["wall_s"],
             }
     rows = table_rows(scores, base)
     text = markdown(rows, base, split, args)
@@ -152,7 +150,7 @@ def table_rows(scores: dict[str, dict[int, dict]], base: dict[str, Any]) -> list
         row = {
             "variant": name,
             "seeds": ",".join(map(str, sorted(by_seed))),
-            "mmlu": _pm(values),
+            "mmlu": mean_sd(values),
             "per_seed": " / ".join(f"{v:.2f}" for v in values),
             "vs_base": f"{statistics.mean(values) - 100 * base['overall_accuracy']:+.2f}",
             "uplink": f"{statistics.mean(r['bytes_up'] for r in by_seed.values()) / MB:.2f}",
@@ -165,14 +163,9 @@ def table_rows(scores: dict[str, dict[int, dict]], base: dict[str, Any]) -> list
                 for s in sorted(by_seed)
                 if s in scores.get(reference, {})
             ]
-            row[f"vs_{reference}"] = _pm(paired, signed=True) if paired else "-"
+            row[f"vs_{reference}"] = mean_sd(paired, signed=True)
         rows.append(row)
     return rows
-
-
-def _pm(values: list[float], signed: bool = False) -> str:
-    mean = f"{statistics.mean(values):+.2f}" if signed else f"{statistics.mean(values):.2f}"
-    return mean + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
 def markdown(rows: list[dict], base: dict, split: dict, args: argparse.Namespace) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,14 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(str(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
     return "\n".join([head, rule, *body])
+
+
+def mean_sd(values: list[float], digits: int = 2, signed: bool = False) -> str:
+    """ "mean ± sample sd" (the mean alone for one value, "-" for none)."""
+    if not values:
+        return "-"
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.{digits}f}"
+    return mean + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
 def save(name: str, payload: dict[str, Any], table: str) -> None:

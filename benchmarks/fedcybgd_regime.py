@@ -37,7 +37,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import MB, REPO, RESULTS, SHARED_DATA, make_config, markdown_table, quiet, save
+from common import (
+    MB,
+    REPO,
+    RESULTS,
+    SHARED_DATA,
+    make_config,
+    markdown_table,
+    mean_sd,
+    quiet,
+    save,
+)
+from fedpress.compare_report import load_run
 
 OUT = REPO / "runs" / "fedcybgd_regime"
 EXACT = {"method": "fedcybgd", "cybgd.delta_sync": False, "cybgd.layer_drop_ratio": 0.0}
@@ -119,10 +130,10 @@ def validation_loss(run: Path, data: Path) -> dict[str, Any]:
 def read_run(folder: Path) -> dict[str, Any] | None:
     if not (folder / "summary.json").is_file():
         return None
-    summary = json.loads((folder / "summary.json").read_text())
-    rounds = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    result = load_run(folder)
+    summary = result.summary or {}
     compute, curve = 0.0, []
-    for r in rounds:
+    for r in result.rounds:
         compute += r.get("client_train_s", 0.0)
         curve.append({"round": r["round"], "loss": r["eval_loss"], "client_s": compute})
     validation = folder / "validation.json"
@@ -155,27 +166,32 @@ def lr_name(lr: float) -> str:
     return f"lr{lr:g}"
 
 
+def sweep_of(folder: Path, method: str, lrs: list[float]) -> dict[float, float | None]:
+    """Seed 0's validation loss of `method` at each rate (None: not run yet)."""
+    runs = {lr: read_run(folder / f"{method}-{lr_name(lr)}" / "seed-0") for lr in lrs}
+    return {lr: r and r["validation_loss"] for lr, r in runs.items()}
+
+
+def chosen_rate(sweep: dict[float, float | None]) -> float | None:
+    """The rate with the lowest validation loss, once the whole sweep has run."""
+    if any(loss is None for loss in sweep.values()):
+        return None
+    return min(sweep, key=sweep.get)  # type: ignore[arg-type]
+
+
 def collect(clients: list[int], lrs: list[float], seeds: list[int], root: Path) -> dict:
     """Per client count: the sweep (seed 0), each method's chosen rate and its seeds."""
     table: dict[str, Any] = {}
     for k in clients:
-        sweep, chosen = {}, {}
+        folder, sweep, chosen = root / f"c{k}", {}, {}
         for method in METHODS:
-            runs = {
-                lr: read_run(root / f"c{k}" / f"{method}-{lr_name(lr)}" / "seed-0") for lr in lrs
-            }
-            sweep[method] = {lr_name(lr): r and r["validation_loss"] for lr, r in runs.items()}
-            scored = {
-                lr: r["validation_loss"] for lr, r in runs.items() if r and r["validation_loss"]
-            }
-            if len(scored) < len(lrs):
+            losses = sweep_of(folder, method, lrs)
+            sweep[method] = {lr_name(lr): loss for lr, loss in losses.items()}
+            best = chosen_rate(losses)
+            if best is None:
                 continue  # the choice waits for the whole sweep
-            best = min(scored, key=scored.get)
-            seeds_done = {
-                s: read_run(root / f"c{k}" / f"{method}-{lr_name(best)}" / f"seed-{s}")
-                for s in seeds
-            }
-            chosen[method] = {"lr": best, "runs": {s: r for s, r in seeds_done.items() if r}}
+            runs = {s: read_run(folder / f"{method}-{lr_name(best)}" / f"seed-{s}") for s in seeds}
+            chosen[method] = {"lr": best, "runs": {s: r for s, r in runs.items() if r}}
         table[str(k)] = {"sweep": sweep, "chosen": chosen}
     return table
 
@@ -200,12 +216,12 @@ def rows_of(table: dict) -> list[dict[str, Any]]:
                     "method": method,
                     "lr": f"{entry['lr']:g}",
                     "seeds": ",".join(map(str, sorted(runs))),
-                    "final": _pm(finals),
-                    "vs_full": _pm(vs_full, signed=True)
+                    "final": mean_sd(finals, 4),
+                    "vs_full": mean_sd(vs_full, 4, signed=True)
                     if vs_full and method != "fed-full"
                     else "-",
                     "budget": f"{budget:.0f}",
-                    "at_budget": _pm([x for x in at_budget if x is not None]),
+                    "at_budget": mean_sd([x for x in at_budget if x is not None], 4),
                     "up": _mean(r["bytes_up"] for r in runs.values()) / MB,
                     "down": _mean(r["bytes_down"] for r in runs.values()) / MB,
                     "mem": _mean(r["client_peak_mem_bytes"] or 0 for r in runs.values()) / MB,
@@ -221,13 +237,6 @@ def rows_of(table: dict) -> list[dict[str, Any]]:
 
 def _mean(values: Any) -> float:
     return statistics.mean(list(values))
-
-
-def _pm(values: list[float], signed: bool = False) -> str:
-    if not values:
-        return "-"
-    mean = f"{statistics.mean(values):+.4f}" if signed else f"{statistics.mean(values):.4f}"
-    return mean + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
 COLUMNS = [
@@ -332,14 +341,10 @@ def main() -> None:
             base = setting(k, paths, args.smoke)
             for method in methods:
                 folder = root / f"c{k}"
-                scored = {
-                    lr: run_one(
-                        {**base, **METHODS[method], "train.lr": lr, "seed": 0},
-                        folder / f"{method}-{lr_name(lr)}" / "seed-0",
-                    )["validation_loss"]
-                    for lr in lrs
-                }
-                best = min(scored, key=scored.get)
+                for lr in lrs:
+                    config = {**base, **METHODS[method], "train.lr": lr, "seed": 0}
+                    run_one(config, folder / f"{method}-{lr_name(lr)}" / "seed-0")
+                best = chosen_rate(sweep_of(folder, method, lrs))
                 for seed in seeds:
                     config = {**base, **METHODS[method], "train.lr": best, "seed": seed}
                     run_one(config, folder / f"{method}-{lr_name(best)}" / f"seed-{seed}")
